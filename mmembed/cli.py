@@ -1,0 +1,64 @@
+"""The ``mmembed`` command: a LightningCLI with mmembed's base classes and links.
+
+Usage::
+
+    mmembed fit -c experiments/quickstart.yaml
+    mmembed test -c runs/quickstart/version_0/config.yaml --ckpt_path runs/quickstart/version_0/checkpoints/best.ckpt
+
+Any :class:`~mmembed.lit.embedding_module.EmbeddingModule` subclass and any
+:class:`~mmembed.data.base.RetrievalDataModule` subclass can be named with
+``class_path``; there is no registry. Unknown keys fail while parsing, before
+any work starts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+
+from mmembed.data.base import RetrievalDataModule
+from mmembed.lit.embedding_module import EmbeddingModule
+
+
+def _processor_of(model: Any) -> Any:
+    return model.processor
+
+
+class MMEmbedCLI(LightningCLI):
+    """LightningCLI in subclass mode with the model-to-datamodule processor link.
+
+    The model owns its image transforms and tokenizer; at instantiation they are
+    passed to ``data.init_args.processor``, so no config repeats them.
+    """
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("model", "data.init_args.processor", compute_fn=_processor_of, apply_on="instantiate")
+
+
+def main(args: ArgsType = None, run: bool = True) -> MMEmbedCLI:
+    """Run the CLI (``args=None`` reads ``sys.argv``).
+
+    Args:
+        args: Command-line arguments, a list of strings or a dict.
+        run: Run the subcommand; ``False`` only parses and instantiates.
+
+    Returns:
+        The CLI object (``cli.trainer``, ``cli.model``, ``cli.datamodule``).
+    """
+    return MMEmbedCLI(
+        EmbeddingModule,
+        RetrievalDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        auto_configure_optimizers=False,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+        run=run,
+    )
+
+
+def console() -> int:
+    """Entry point of the ``mmembed`` console script."""
+    main()
+    return 0

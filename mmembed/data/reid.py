@@ -1,0 +1,228 @@
+"""PEDES-style text-to-image person datasets (CUHK-PEDES, ICFG-PEDES, RSTPReid, SynthPedes).
+
+A dataset folder holds one JSON list (``reid_raw.json`` for CUHK-PEDES) and an
+image folder (``imgs/``). Each entry has an identity ``id``, an image path, a
+list of ``captions`` and a ``split``. Training records are expanded in JSON
+order, then caption order (noise-index files depend on this order); the test
+set has every image once as gallery and every caption once as a query.
+
+Nothing in a dataset folder is ever written to.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from torch.utils.data import Dataset
+
+from mmembed.data.base import RetrievalDataModule, Split
+from mmembed.data.errors import DatasetFormatError, describe_offenders
+from mmembed.types import Processor
+
+Flavour = Literal["CUHK-PEDES", "ICFG-PEDES", "RSTPReid"]
+
+#: (annotation file names tried in order, image path key)
+FLAVOURS: dict[str, tuple[tuple[str, ...], str]] = {
+    "CUHK-PEDES": (("reid_raw.json",), "file_path"),
+    "ICFG-PEDES": (("ICFG-PEDES.json", "ICFG_PEDES.json"), "file_path"),
+    "RSTPReid": (("data_captions.json",), "img_path"),
+}
+
+
+@dataclass(frozen=True)
+class PedesEntry:
+    """One annotated image."""
+
+    pid: int
+    image: Path
+    captions: tuple[str, ...]
+    split: str
+
+
+def load_pedes_annotations(root: str | Path, flavour: Flavour = "CUHK-PEDES", check_images: bool = True) -> list[PedesEntry]:
+    """Read and validate a PEDES annotation file.
+
+    Args:
+        root: Dataset folder holding the JSON file and the ``imgs/`` folder.
+        flavour: Which dataset's file name and path key to use.
+        check_images: Verify that every referenced image exists.
+
+    Returns:
+        Entries in file order. ``split`` is ``"train"``, ``"test"`` or ``"val"``
+        (any other value counts as val, as in the reference code).
+
+    Raises:
+        DatasetFormatError: missing or malformed file, bad entries, empty
+            captions or missing images; the message names the file and the first
+            offending entries with a count for the rest.
+    """
+    root = Path(root)
+    if flavour not in FLAVOURS:
+        raise ValueError(f"flavour must be one of {sorted(FLAVOURS)}, got {flavour!r}")
+    names, path_key = FLAVOURS[flavour]
+    candidates = [root / n for n in names]
+    ann = next((p for p in candidates if p.is_file()), None)
+    if ann is None:
+        hint = " (create one with: mmembed-data synth-pedes --out DIR --ids N --seed S)" if flavour == "CUHK-PEDES" else ""
+        raise DatasetFormatError(f"{candidates[0]}: annotation file not found{hint}")
+    try:
+        raw = json.loads(ann.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DatasetFormatError(f"{ann}: malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from exc
+    if not isinstance(raw, list):
+        raise DatasetFormatError(f"{ann}: expected a JSON list of entries, found {type(raw).__name__}")
+    bad_fields, empty_caps, missing_imgs = [], [], []
+    entries: list[PedesEntry] = []
+    image_root = root / "imgs"
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict):
+            bad_fields.append(f"entry {i}: not an object")
+            continue
+        problems = []
+        if not isinstance(item.get("id"), int) or isinstance(item.get("id"), bool):
+            problems.append("'id' must be an integer")
+        if not isinstance(item.get(path_key), str) or not item.get(path_key):
+            problems.append(f"'{path_key}' must be a non-empty string")
+        if not isinstance(item.get("captions"), list):
+            problems.append("'captions' must be a list")
+        if not isinstance(item.get("split"), str):
+            problems.append("'split' must be a string")
+        if problems:
+            bad_fields.append(f"entry {i}: " + "; ".join(problems))
+            continue
+        caps = item["captions"]
+        if not caps or any(not isinstance(c, str) or not c.strip() for c in caps):
+            empty_caps.append(f"entry {i} ({item[path_key]})")
+            continue
+        image = image_root / item[path_key]
+        if check_images and not image.is_file():
+            missing_imgs.append(f"entry {i}: {image}")
+        split = item["split"] if item["split"] in ("train", "test") else "val"
+        entries.append(PedesEntry(int(item["id"]), image, tuple(caps), split))
+    if bad_fields:
+        raise DatasetFormatError(describe_offenders(ann, "entries with missing or mistyped fields", bad_fields))
+    if empty_caps:
+        raise DatasetFormatError(describe_offenders(ann, "entries with empty captions", empty_caps))
+    if missing_imgs:
+        raise DatasetFormatError(describe_offenders(ann, "entries whose image file is missing", missing_imgs))
+    return entries
+
+
+def _load_image(path: Path) -> Any:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return img.convert("RGB")
+
+
+class PedesPairs(Dataset):
+    """Training records: one (image, caption) pair per caption, contiguous pids from 0.
+
+    Attributes:
+        image_paths, captions, labels: One value per record.
+    """
+
+    def __init__(self, entries: list[PedesEntry], processor: Processor) -> None:
+        pids = sorted({e.pid for e in entries})
+        remap = {p: i for i, p in enumerate(pids)}
+        self.image_paths = [e.image for e in entries for _ in e.captions]
+        self.captions = [c for e in entries for c in e.captions]
+        self.labels = [remap[e.pid] for e in entries for _ in e.captions]
+        self.num_identities = len(pids)
+        self.transform = processor.train_image_transform
+        self.tokenizer = processor.tokenizer
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {
+            "image": self.transform(_load_image(self.image_paths[i])),
+            "text": self.tokenizer([self.captions[i]])[0],
+            "label": self.labels[i],
+            "index": i,
+        }
+
+
+class CaptionQueries(Dataset):
+    """Evaluation queries: every caption once. Attribute ``texts`` keeps the strings."""
+
+    def __init__(self, texts: list[str], labels: list[int], processor: Processor) -> None:
+        self.texts, self.labels, self.tokenizer = texts, labels, processor.tokenizer
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"text": self.tokenizer([self.texts[i]])[0], "label": self.labels[i], "index": i}
+
+
+class ImageGallery(Dataset):
+    """Evaluation gallery: every image once. Attribute ``image_paths`` keeps the files."""
+
+    def __init__(self, image_paths: list[Path], labels: list[int], processor: Processor) -> None:
+        self.image_paths, self.labels, self.transform = image_paths, labels, processor.eval_image_transform
+
+    def __len__(self) -> int:
+        return len(self.image_paths)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"image": self.transform(_load_image(self.image_paths[i])), "label": self.labels[i], "index": i}
+
+
+class PedesDataModule(RetrievalDataModule):
+    """CUHK-PEDES / ICFG-PEDES / RSTPReid (and anything written in their layout).
+
+    Args:
+        root: Dataset folder holding the annotation JSON and ``imgs/``.
+        flavour: Which dataset layout to read.
+        **base: See :class:`RetrievalDataModule` (batch sizes, workers, splits, processor).
+    """
+
+    def __init__(
+        self,
+        root: str,
+        flavour: Flavour = "CUHK-PEDES",
+        batch_size: int = 64,
+        eval_batch_size: int = 256,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        val_split: Split = "val",
+        predict_split: Split = "test",
+        processor: Processor | None = None,
+    ) -> None:
+        super().__init__(batch_size, eval_batch_size, num_workers, pin_memory, val_split, predict_split, processor)
+        self.root = Path(root)
+        self.flavour = flavour
+        self._entries: list[PedesEntry] | None = None
+
+    @property
+    def entries(self) -> list[PedesEntry]:
+        if self._entries is None:
+            self._entries = load_pedes_annotations(self.root, self.flavour)
+        return self._entries
+
+    def split_entries(self, split: Split) -> list[PedesEntry]:
+        """Entries of one split; ICFG-PEDES has no val split, so its test doubles as val."""
+        chosen = [e for e in self.entries if e.split == split]
+        if not chosen and split == "val":
+            chosen = [e for e in self.entries if e.split == "test"]
+        if not chosen:
+            raise ValueError(f"{self.root}: no entries with split {split!r}")
+        return chosen
+
+    def build_train_dataset(self) -> PedesPairs:
+        return PedesPairs(self.split_entries("train"), self.require_processor())
+
+    def build_eval_datasets(self, split: Split) -> tuple[CaptionQueries, ImageGallery]:
+        processor = self.require_processor()
+        entries = self.split_entries(split)
+        texts = [c for e in entries for c in e.captions]
+        text_labels = [e.pid for e in entries for _ in e.captions]
+        return (
+            CaptionQueries(texts, text_labels, processor),
+            ImageGallery([e.image for e in entries], [e.pid for e in entries], processor),
+        )

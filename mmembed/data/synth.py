@@ -1,0 +1,98 @@
+"""SynthPedesDataModule: the embedded person world, generated on first use.
+
+The world is written once into ``root`` (in the CUHK-PEDES layout) by
+``prepare_data`` and read with the same loader as the real dataset. An existing
+folder is never modified: if it holds a world generated with other parameters,
+the run stops and says so.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from mmembed.data.base import Split
+from mmembed.data.errors import DatasetFormatError
+from mmembed.data.reid import PedesDataModule
+from mmembed.types import Processor
+
+
+class SynthPedesDataModule(PedesDataModule):
+    """SynthPedes: procedural pedestrians with captions, in the CUHK-PEDES layout.
+
+    Args:
+        root: Folder of the world; generated there if it does not exist.
+        num_ids: Number of identities (split into train / val / test).
+        seed: Generation seed (the output is deterministic for a seed).
+        images_per_id: Images rendered per identity.
+        captions_per_image: Captions written per image.
+        image_height: Rendered image height in pixels.
+        image_width: Rendered image width in pixels.
+        workers: Processes used to render.
+        batch_size, eval_batch_size, num_workers, pin_memory, val_split,
+        predict_split, processor: See :class:`RetrievalDataModule`.
+    """
+
+    def __init__(
+        self,
+        root: str = ".cache/synth_pedes",
+        num_ids: int = 400,
+        seed: int = 0,
+        images_per_id: int = 4,
+        captions_per_image: int = 2,
+        image_height: int = 128,
+        image_width: int = 64,
+        workers: int = 2,
+        batch_size: int = 64,
+        eval_batch_size: int = 256,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        val_split: Split = "val",
+        predict_split: Split = "test",
+        processor: Processor | None = None,
+    ) -> None:
+        super().__init__(
+            root, "CUHK-PEDES", batch_size, eval_batch_size, num_workers, pin_memory, val_split, predict_split, processor
+        )
+        self.generation = {
+            "num_ids": num_ids,
+            "seed": seed,
+            "images_per_id": images_per_id,
+            "captions_per_image": captions_per_image,
+            "image_size": [image_height, image_width],
+        }
+        self.workers = workers
+
+    def prepare_data(self) -> None:
+        """Generate the world if ``root`` does not hold one; check parameters if it does."""
+        meta_path = self.root / "synth_meta.json"
+        if meta_path.is_file():
+            self._check_meta(meta_path)
+            return
+        if self.root.exists() and any(self.root.iterdir()):
+            raise DatasetFormatError(
+                f"{self.root} exists and is not a SynthPedes folder (no synth_meta.json); "
+                "point data.init_args.root at an empty or missing folder"
+            )
+        from mmembed.data.synthetic import write_synth_pedes
+
+        g = self.generation
+        write_synth_pedes(
+            self.root,
+            num_ids=g["num_ids"],
+            seed=g["seed"],
+            images_per_id=g["images_per_id"],
+            captions_per_image=g["captions_per_image"],
+            image_size=tuple(g["image_size"]),
+            workers=self.workers,
+        )
+
+    def _check_meta(self, meta_path: Path) -> None:
+        meta = json.loads(meta_path.read_text())
+        wrong = {k: (meta.get(k), v) for k, v in self.generation.items() if meta.get(k) != v}
+        if wrong:
+            details = ", ".join(f"{k}: folder has {a}, config asks {b}" for k, (a, b) in wrong.items())
+            raise DatasetFormatError(
+                f"{meta_path}: this SynthPedes folder was generated with other parameters ({details}). "
+                "Point data.init_args.root at another folder (it is never overwritten)."
+            )

@@ -1,0 +1,69 @@
+"""Pictures of ranked retrieval results (matplotlib imported lazily, Agg backend)."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+
+from torch import Tensor
+
+
+def plot_ranked_results(
+    query_texts: Sequence[str],
+    gallery_paths: Sequence[str | Path],
+    ranked: Tensor,
+    correct: Tensor,
+    out_path: str | Path,
+    title: str | None = None,
+) -> Path:
+    """Draw each text query with its top-K gallery images; correct ones get a green frame.
+
+    Args:
+        query_texts: One caption per row.
+        gallery_paths: Image file of each ranked gallery entry, indexed by ``ranked``.
+        ranked: Gallery indices in rank order.
+        correct: Whether each ranked image has the query's identity.
+        out_path: PNG to write (parent folders are created).
+        title: Optional figure title.
+
+    Returns:
+        The written path.
+
+    Shapes:
+        ranked: (Q, K); correct: (Q, K).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    n_q, k = ranked.shape
+    fig, axes = plt.subplots(n_q, k + 1, figsize=(1.1 * k + 3.2, 2.0 * n_q), squeeze=False,
+                             gridspec_kw={"width_ratios": [3.0] + [1.0] * k})
+    for row in range(n_q):
+        ax = axes[row][0]
+        ax.axis("off")
+        ax.text(0.0, 0.5, "\n".join(textwrap.wrap(query_texts[row], 34)[:7]), fontsize=7, va="center", ha="left",
+                transform=ax.transAxes)
+        for col in range(k):
+            ax = axes[row][col + 1]
+            with Image.open(gallery_paths[int(ranked[row, col])]) as img:
+                ax.imshow(img.convert("RGB"))
+            ok = bool(correct[row, col])
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_edgecolor("#1a9850" if ok else "#d73027")
+                spine.set_linewidth(3.0 if ok else 1.0)
+            if row == 0:
+                ax.set_title(f"#{col + 1}", fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path, dpi=110)
+    plt.close(fig)
+    return out_path

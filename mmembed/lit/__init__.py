@@ -1,0 +1,1 @@
+"""Lightning layer: the shared training module and callbacks."""

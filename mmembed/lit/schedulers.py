@@ -1,0 +1,51 @@
+"""Learning-rate schedules used by the methods (plain torch schedulers)."""
+
+from __future__ import annotations
+
+import math
+
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR
+
+
+def warmup_cosine_factor(step: int, warmup: int, total: int, warmup_start_factor: float, min_factor: float) -> float:
+    """Multiplier of the base learning rate at ``step``.
+
+    Linear warm-up from ``warmup_start_factor`` to 1 over ``warmup`` steps, then a
+    cosine from 1 down to ``min_factor`` at ``total``:
+    ``f(e) = s(1 - e/w) + e/w`` for ``e < w``, else
+    ``min + (1 - min) * 0.5 * (1 + cos(pi (e - w) / (total - w)))``.
+    """
+    if step < warmup:
+        return warmup_start_factor * (1 - step / warmup) + step / warmup
+    span = max(1, total - warmup)
+    progress = min(1.0, (step - warmup) / span)
+    return min_factor + (1 - min_factor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class WarmupCosineLR(LambdaLR):
+    """Linear warm-up then cosine decay, stepped per epoch or per step (set by the module).
+
+    Args:
+        optimizer: The optimizer (injected by Lightning/CLI).
+        warmup: Warm-up length in scheduler steps (epochs for per-epoch stepping).
+        total: Total number of scheduler steps.
+        warmup_start_factor: Multiplier at step 0.
+        min_factor: Multiplier reached at ``total``.
+    """
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        warmup: int = 5,
+        total: int = 60,
+        warmup_start_factor: float = 0.1,
+        min_factor: float = 0.0,
+    ) -> None:
+        if total <= 0 or warmup < 0:
+            raise ValueError(f"need total > 0 and warmup >= 0, got total={total}, warmup={warmup}")
+        self.warmup, self.total = warmup, total
+        self.warmup_start_factor, self.min_factor = warmup_start_factor, min_factor
+        super().__init__(
+            optimizer, lambda s: warmup_cosine_factor(s, warmup, total, warmup_start_factor, min_factor)
+        )

@@ -1,0 +1,282 @@
+"""open_clip-backed dual encoder with global and per-token outputs.
+
+open_clip is imported lazily, inside the class, so importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mmembed.nn.encoders.checkpoints import load_state_dict_file, resize_pos_embed
+from mmembed.nn.encoders.transforms import OPENAI_MEAN, OPENAI_STD, TrainAugment, build_image_transforms
+from mmembed.types import EmbeddingOutput, Processor
+
+
+def _run_block(block: nn.Module, x: Tensor, attn_mask: Tensor | None, need_weights: bool) -> tuple[Tensor, Tensor | None]:
+    """Run one open_clip residual block, optionally returning head-averaged attention."""
+    if not need_weights:
+        return block(x, attn_mask=attn_mask), None
+    if not hasattr(block, "ln_1") or not isinstance(getattr(block, "attn", None), nn.MultiheadAttention):
+        raise NotImplementedError(
+            f"attention maps need a standard open_clip ResidualAttentionBlock, got {type(block).__name__}"
+        )
+    y = block.ln_1(x)
+    mask = attn_mask.to(y.dtype) if attn_mask is not None else None
+    out, weights = block.attn(y, y, y, need_weights=True, average_attn_weights=True, attn_mask=mask)
+    x = x + block.ls_1(out)
+    x = x + block.ls_2(block.mlp(block.ln_2(x)))
+    return x, weights  # (B, L, D), (B, L, L)
+
+
+class OpenCLIPDualEncoder(nn.Module):
+    """Image and text towers of an open_clip CLIP model, built offline.
+
+    The model is built from an open_clip model name (its bundled architecture
+    JSON) or from a config dict with ``embed_dim``, ``vision_cfg`` and
+    ``text_cfg`` (the open_clip schema; ``vision_cfg.timm_model_name`` selects a
+    timm image tower). Weights come only from a local file.
+
+    Args:
+        model_name: open_clip architecture name, e.g. ``"ViT-B-16"``.
+        model_config: open_clip-style config dict; overrides ``model_name``'s config.
+        pretrained: Local path of weights (plain open_clip state dict, open_clip
+            training checkpoint, mmembed Lightning checkpoint or safetensors).
+        pretrained_grid: Patch grid (rows, cols) the weights were trained with;
+            inferred when ``None`` (square if possible).
+        image_size: Input (height, width); position embeddings are interpolated
+            when the checkpoint was trained at another size.
+        context_length: Text length; a longer checkpoint table is truncated.
+        image_mean: Normalisation mean.
+        image_std: Normalisation std.
+        train_augment: Training image augmentation (see ``build_image_transforms``).
+        strict: Require every weight to be present in ``pretrained``.
+
+    Shapes:
+        images: (B, 3, H, W); text: (B, L) token ids; embeddings: (B, D).
+    """
+
+    def __init__(
+        self,
+        model_name: str | None = None,
+        model_config: dict[str, Any] | None = None,
+        pretrained: str | None = None,
+        pretrained_grid: tuple[int, int] | None = None,
+        image_size: tuple[int, int] | None = None,
+        context_length: int | None = None,
+        image_mean: tuple[float, float, float] = OPENAI_MEAN,
+        image_std: tuple[float, float, float] = OPENAI_STD,
+        train_augment: TrainAugment = "clip",
+        strict: bool = True,
+    ) -> None:
+        super().__init__()
+        import open_clip
+
+        if model_config is None and model_name is None:
+            raise ValueError("give model_name (an open_clip architecture) or model_config (a config dict)")
+        if model_config is not None:
+            cfg = copy.deepcopy(dict(model_config))
+        else:
+            cfg = open_clip.get_model_config(model_name)
+            if cfg is None:
+                raise ValueError(f"unknown open_clip model {model_name!r}; see open_clip.list_models()")
+            cfg = copy.deepcopy(cfg)
+        cfg.setdefault("vision_cfg", {})
+        cfg.setdefault("text_cfg", {})
+        if image_size is not None:
+            cfg["vision_cfg"]["image_size"] = [int(image_size[0]), int(image_size[1])]
+        if context_length is not None:
+            cfg["text_cfg"]["context_length"] = int(context_length)
+        self.config = cfg
+        self.model_name = model_name
+        build_cfg = {k: v for k, v in cfg.items() if k not in ("custom_text",)}
+        if cfg.get("custom_text"):
+            self.model = open_clip.CustomTextCLIP(**build_cfg)
+        else:
+            self.model = open_clip.CLIP(**build_cfg)
+        size = cfg["vision_cfg"].get("image_size", 224)
+        self.image_size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        trunk = getattr(self.model.visual, "trunk", None)
+        if trunk is not None and hasattr(trunk, "set_input_size"):
+            # open_clip builds timm towers at their default size; timm ViTs can be resized in place.
+            trunk.set_input_size(img_size=self.image_size)
+        self.context_length = int(cfg["text_cfg"].get("context_length", 77))
+        self.image_mean, self.image_std, self.train_augment = image_mean, image_std, train_augment
+        if pretrained is not None:
+            self.load_pretrained(pretrained, pretrained_grid=pretrained_grid, strict=strict)
+
+    # ------------------------------------------------------------------ weights
+    def load_pretrained(self, path: str, pretrained_grid: tuple[int, int] | None = None, strict: bool = True) -> None:
+        """Load local weights, resizing the image and text position tables if needed."""
+        sd = load_state_dict_file(path)
+        visual = self.model.visual
+        key = "visual.positional_embedding"
+        if key in sd and hasattr(visual, "positional_embedding"):
+            new_grid = tuple(int(g) for g in visual.grid_size)
+            if sd[key].shape != visual.positional_embedding.shape:
+                sd[key] = resize_pos_embed(sd[key], new_grid, old_grid=pretrained_grid)  # type: ignore[arg-type]
+        tkey = "positional_embedding" if "positional_embedding" in sd else "text.positional_embedding"
+        if tkey in sd and sd[tkey].shape[0] > self.context_length:
+            sd[tkey] = sd[tkey][: self.context_length]
+        sd = {k: v for k, v in sd.items() if k not in ("attn_mask", "text.attn_mask")}
+        result = self.model.load_state_dict(sd, strict=False)
+        missing = [k for k in result.missing_keys if not k.endswith("attn_mask")]
+        if strict and (missing or result.unexpected_keys):
+            raise ValueError(
+                f"weights in {path} do not fit this architecture: {len(missing)} missing "
+                f"(first: {missing[:5]}), {len(result.unexpected_keys)} unexpected (first: {result.unexpected_keys[:5]}). "
+                "Check model_name/model_config, or pass strict: false to load what matches."
+            )
+
+    def export(self, directory: str | Path, stem: str = "open_clip") -> tuple[Path, Path]:
+        """Save a plain open_clip state dict and the config it was built from.
+
+        Returns:
+            ``(weights_path, config_path)``: ``<stem>_model.pt`` and ``<stem>_config.json``.
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        weights, config = directory / f"{stem}_model.pt", directory / f"{stem}_config.json"
+        torch.save({k: v.detach().cpu() for k, v in self.model.state_dict().items()}, weights)
+        config.write_text(json.dumps(self.config, indent=2, sort_keys=True))
+        return weights, config
+
+    # ---------------------------------------------------------------- processing
+    @property
+    def processor(self) -> Processor:
+        """Image transforms and tokenizer matching this model."""
+        train_tf, eval_tf = build_image_transforms(
+            self.image_size, self.image_mean, self.image_std, train_augment=self.train_augment
+        )
+        return Processor(train_tf, eval_tf, self.tokenizer, extras={"context_length": self.context_length})
+
+    @property
+    def tokenizer(self) -> Any:
+        import open_clip
+
+        if self.model_name is not None and self.config == open_clip.get_model_config(self.model_name):
+            return open_clip.get_tokenizer(self.model_name, context_length=self.context_length)
+        if self.config["text_cfg"].get("hf_tokenizer_name"):
+            return open_clip.get_tokenizer("hf-hub:" + self.config["text_cfg"]["hf_tokenizer_name"])
+        return open_clip.SimpleTokenizer(context_length=self.context_length)
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.config["embed_dim"])
+
+    # ------------------------------------------------------------------- images
+    def encode_image(self, images: Tensor, return_tokens: bool = False, return_attention: bool = False) -> EmbeddingOutput:
+        """Encode images.
+
+        Args:
+            images: Normalised image batch.
+            return_tokens: Also return every visual token (CLS first) in the joint space.
+            return_attention: Also return the last block's head-averaged attention.
+
+        Returns:
+            :class:`EmbeddingOutput` (embedding not normalised).
+
+        Shapes:
+            images: (B, 3, H, W) -> embedding (B, D), tokens (B, 1 + h*w, D), attention (B, 1 + h*w, 1 + h*w).
+        """
+        if not (return_tokens or return_attention):
+            return EmbeddingOutput(self.model.encode_image(images))
+        visual = self.model.visual
+        if hasattr(visual, "trunk"):  # timm tower
+            if return_attention:
+                raise NotImplementedError("attention maps are only available for open_clip ViT towers")
+            feats = visual.trunk.forward_features(images)
+            if feats.ndim == 4:  # CNN: (B, C, h, w) -> (B, h*w, C)
+                feats = feats.flatten(2).transpose(1, 2)
+            head = [m for name, m in visual.head.named_children() if name in ("drop", "proj", "mlp")]
+            tokens = feats
+            for layer in head:
+                tokens = layer(tokens)  # (B, L, C) -> (B, L, D)
+            mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+            return EmbeddingOutput(visual(images), tokens, mask)
+        if getattr(visual, "attn_pool", None) is not None or getattr(visual, "final_ln_after_pool", False):
+            raise NotImplementedError("per-token outputs need a ViT tower without attentional pooling")
+        x = visual.conv1(images)  # (B, C, h, w)
+        x = x.flatten(2).transpose(1, 2)  # (B, h*w, C)
+        cls = visual.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], -1, -1)
+        x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)  # (B, 1+h*w, C)
+        x = visual.ln_pre(visual.patch_dropout(x))
+        x, attn = self._run_transformer(visual.transformer, x, None, return_attention)
+        x = visual.ln_post(x)
+        tokens = x @ visual.proj if visual.proj is not None else x  # (B, L, C) -> (B, L, D)
+        pooled = tokens[:, 1:].mean(1) if visual.pool_type == "avg" else tokens[:, 0]
+        mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        return EmbeddingOutput(pooled, tokens if return_tokens else None, mask if return_tokens else None, attn)
+
+    # --------------------------------------------------------------------- text
+    def encode_text(self, text: Tensor, return_tokens: bool = False, return_attention: bool = False) -> EmbeddingOutput:
+        """Encode token ids.
+
+        Args:
+            text: Token ids from :attr:`tokenizer`.
+            return_tokens: Also return every position in the joint space, with a
+                mask that is True up to and including EOT.
+            return_attention: Also return the last block's head-averaged attention.
+
+        Returns:
+            :class:`EmbeddingOutput` (embedding not normalised).
+
+        Shapes:
+            text: (B, L) -> embedding (B, D), tokens (B, L, D), mask (B, L), attention (B, L, L).
+        """
+        if not (return_tokens or return_attention):
+            return EmbeddingOutput(self.model.encode_text(text))
+        tower = getattr(self.model, "text", self.model)  # CustomTextCLIP keeps a TextTransformer
+        if getattr(tower, "cls_emb", None) is not None or not hasattr(tower, "token_embedding"):
+            raise NotImplementedError("per-token text outputs need a CLIP-style text transformer")
+        import open_clip.transformer as oct
+
+        cast = tower.transformer.get_cast_dtype()
+        seq_len = text.shape[1]
+        x = tower.token_embedding(text).to(cast) + tower.positional_embedding[:seq_len].to(cast)  # (B, L, C)
+        mask = tower.attn_mask[:seq_len, :seq_len] if tower.attn_mask is not None else None
+        x, attn = self._run_transformer(tower.transformer, x, mask, return_attention)
+        x = tower.ln_final(x)
+        proj = tower.text_projection
+        if proj is None:
+            tokens = x
+        elif isinstance(proj, nn.Linear):
+            tokens = proj(x)  # (B, L, C) -> (B, L, D)
+        else:
+            tokens = x @ proj
+        pool_type = getattr(tower, "text_pool_type", getattr(tower, "pool_type", "argmax"))
+        eos_id = getattr(tower, "text_eos_id", getattr(tower, "eos_id", None))
+        pooled = oct.text_global_pool(tokens, text, pool_type, eos_token_id=eos_id)  # (B, D)
+        if pool_type == "eos" and eos_id is not None:
+            end = (text == eos_id).int().argmax(dim=-1)
+        elif pool_type == "argmax":
+            end = text.argmax(dim=-1)
+        else:
+            end = (text != 0).sum(dim=-1) - 1
+        valid = torch.arange(seq_len, device=text.device)[None, :] <= end[:, None]  # (B, L)
+        return EmbeddingOutput(pooled, tokens if return_tokens else None, valid if return_tokens else None, attn)
+
+    @staticmethod
+    def _run_transformer(
+        transformer: nn.Module, x: Tensor, attn_mask: Tensor | None, return_attention: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        batch_first = getattr(transformer, "batch_first", True)
+        if not batch_first:
+            x = x.transpose(0, 1)
+        blocks = list(transformer.resblocks)
+        attn = None
+        for i, block in enumerate(blocks):
+            x, w = _run_block(block, x, attn_mask, return_attention and i == len(blocks) - 1)
+            attn = w if w is not None else attn
+        if not batch_first:
+            x = x.transpose(0, 1)
+        return x, attn
+
+    def forward(self, images: Tensor, text: Tensor) -> tuple[Tensor, Tensor]:
+        """Global image and text embeddings (not normalised). Shapes: (B, D), (B, D)."""
+        return self.encode_image(images).embedding, self.encode_text(text).embedding

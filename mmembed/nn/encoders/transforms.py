@@ -1,0 +1,80 @@
+"""Image transforms owned by encoders (torchvision imported lazily).
+
+The model decides how its images are prepared; the datamodule receives the
+callables through :class:`mmembed.types.Processor`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+from torch import Tensor
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+TrainAugment = Literal["none", "clip", "reid"]
+
+
+def _to_rgb(image: Any) -> Any:
+    return image.convert("RGB") if getattr(image, "mode", "RGB") != "RGB" else image
+
+
+def build_image_transforms(
+    image_size: tuple[int, int],
+    mean: tuple[float, float, float] = OPENAI_MEAN,
+    std: tuple[float, float, float] = OPENAI_STD,
+    train_augment: TrainAugment = "clip",
+    reid_pad: int = 10,
+    erasing_p: float = 0.5,
+) -> tuple[Callable[[Any], Tensor], Callable[[Any], Tensor]]:
+    """Build (train, eval) transforms from PIL images to normalised tensors.
+
+    Args:
+        image_size: Output (height, width); non-square sizes are fine.
+        mean: Per-channel normalisation mean.
+        std: Per-channel normalisation standard deviation.
+        train_augment: ``"none"`` (train = eval), ``"clip"`` (mild random resized
+            crop, open_clip's default) or ``"reid"`` (the IRRA/RDE pipeline:
+            resize, horizontal flip, pad + random crop, random erasing filled with
+            the mean).
+        reid_pad: Padding before the random crop of the ``reid`` pipeline.
+        erasing_p: Probability of random erasing in the ``reid`` pipeline.
+
+    Returns:
+        ``(train_transform, eval_transform)``.
+
+    Shapes:
+        output: (3, H, W) float tensors.
+    """
+    from torchvision import transforms as T
+
+    size = (int(image_size[0]), int(image_size[1]))
+    to_tensor = [T.ToTensor(), T.Normalize(mean, std)]
+    eval_tf = T.Compose([T.Lambda(_to_rgb), T.Resize(size, interpolation=T.InterpolationMode.BICUBIC), *to_tensor])
+    if train_augment == "none":
+        train_tf = eval_tf
+    elif train_augment == "clip":
+        train_tf = T.Compose(
+            [
+                T.Lambda(_to_rgb),
+                T.RandomResizedCrop(size, scale=(0.9, 1.0), interpolation=T.InterpolationMode.BICUBIC),
+                *to_tensor,
+            ]
+        )
+    elif train_augment == "reid":
+        train_tf = T.Compose(
+            [
+                T.Lambda(_to_rgb),
+                T.Resize(size, interpolation=T.InterpolationMode.BICUBIC),
+                T.RandomHorizontalFlip(0.5),
+                T.Pad(reid_pad),
+                T.RandomCrop(size),
+                *to_tensor,
+                T.RandomErasing(p=erasing_p, scale=(0.02, 0.4), value=list(mean)),
+            ]
+        )
+    else:
+        raise ValueError(f"train_augment must be 'none', 'clip' or 'reid', got {train_augment!r}")
+    return train_tf, eval_tf

@@ -1,0 +1,130 @@
+"""OpenCLIPDualEncoder: per-token outputs, attention maps, local weights, non-square images, timm towers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmembed.nn.encoders.checkpoints import infer_grid, load_state_dict_file, resize_pos_embed
+from mmembed.nn.encoders.open_clip import OpenCLIPDualEncoder
+
+TEXT_CFG = {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2}
+
+
+def tiny_config(image_size=(32, 16), patch=8):
+    return {
+        "embed_dim": 24,
+        "vision_cfg": {"image_size": list(image_size), "patch_size": patch, "width": 32, "layers": 2, "head_width": 16},
+        "text_cfg": dict(TEXT_CFG),
+    }
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    torch.manual_seed(0)
+    return OpenCLIPDualEncoder(model_config=tiny_config()).eval()
+
+
+def test_image_tokens_and_attention(encoder):
+    images = torch.randn(3, 3, 32, 16)
+    plain = encoder.encode_image(images)
+    full = encoder.encode_image(images, return_tokens=True, return_attention=True)
+    assert plain.embedding.shape == (3, 24)
+    # every patch token plus CLS, projected into the joint space
+    assert full.tokens.shape == (3, 1 + 4 * 2, 24)
+    torch.testing.assert_close(full.embedding, plain.embedding, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(full.tokens[:, 0], plain.embedding, rtol=1e-5, atol=1e-5)
+    assert full.attention.shape == (3, 9, 9)
+    torch.testing.assert_close(full.attention.sum(-1), torch.ones(3, 9))
+
+
+def test_text_tokens_mask_and_causal_attention(encoder):
+    text = encoder.tokenizer(["a man in a red coat", "hi", "a woman with a long black skirt and a bag"])
+    plain = encoder.encode_text(text)
+    full = encoder.encode_text(text, return_tokens=True, return_attention=True)
+    torch.testing.assert_close(full.embedding, plain.embedding, rtol=1e-5, atol=1e-5)
+    eot = text.argmax(-1)
+    # global text feature is the EOT token of the per-token output
+    torch.testing.assert_close(full.tokens[torch.arange(3), eot], plain.embedding, rtol=1e-5, atol=1e-5)
+    expected_mask = torch.arange(16)[None] <= eot[:, None]
+    assert torch.equal(full.mask, expected_mask)
+    # causal mask: no attention to later positions
+    assert torch.all(full.attention.triu(1) == 0)
+    torch.testing.assert_close(full.attention.sum(-1), torch.ones(3, 16))
+
+
+def test_grid_inference_and_resize():
+    assert infer_grid(196, (24, 8)) == (14, 14)
+    assert infer_grid(32, (8, 4)) == (8, 4)
+    pos = torch.randn(1 + 14 * 14, 8)
+    assert resize_pos_embed(pos, (14, 14)) is pos
+    out = resize_pos_embed(pos, (24, 8))
+    assert out.shape == (1 + 24 * 8, 8)
+    torch.testing.assert_close(out[0], pos[0])  # CLS position kept
+    const = torch.ones(1 + 16, 4) * 3.0
+    torch.testing.assert_close(resize_pos_embed(const, (8, 2), mode="bilinear")[1:], torch.full((16, 4), 3.0))
+    with pytest.raises(ValueError):
+        resize_pos_embed(pos, (24, 8), old_grid=(10, 10))
+
+
+def test_pretrained_roundtrip_other_size(tmp_path, encoder):
+    weights, config = encoder.export(tmp_path)
+    assert config.is_file()
+    same = OpenCLIPDualEncoder(model_config=tiny_config(), pretrained=str(weights)).eval()
+    images = torch.randn(2, 3, 32, 16)
+    torch.testing.assert_close(same.encode_image(images).embedding, encoder.encode_image(images).embedding)
+    # load into a non-square model of another size: positions are interpolated (4x2 grid -> 6x2)
+    bigger = OpenCLIPDualEncoder(model_config=tiny_config((48, 16)), pretrained=str(weights))
+    assert bigger.model.visual.positional_embedding.shape == (1 + 6 * 2, 32)
+    expected = resize_pos_embed(encoder.model.visual.positional_embedding.detach(), (6, 2), old_grid=(4, 2))
+    torch.testing.assert_close(bigger.model.visual.positional_embedding.detach(), expected)
+
+
+def test_load_lightning_style_checkpoint(tmp_path, encoder):
+    sd = {f"encoder.model.{k}": v for k, v in encoder.model.state_dict().items()}
+    sd["loss.logit_scale.log_scale"] = torch.tensor(1.0)
+    torch.save({"state_dict": sd, "epoch": 3}, tmp_path / "x.ckpt")
+    loaded = load_state_dict_file(tmp_path / "x.ckpt")
+    assert set(loaded) == set(encoder.model.state_dict())
+
+
+def test_bad_pretrained_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="never downloads"):
+        OpenCLIPDualEncoder(model_config=tiny_config(), pretrained=str(tmp_path / "missing.pt"))
+    torch.save({"visual.nonsense": torch.zeros(1)}, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="do not fit"):
+        OpenCLIPDualEncoder(model_config=tiny_config(), pretrained=str(tmp_path / "bad.pt"))
+    with pytest.raises(ValueError, match="model_name"):
+        OpenCLIPDualEncoder()
+
+
+def test_named_architecture_builds_offline():
+    enc = OpenCLIPDualEncoder(model_name="ViT-B-16", image_size=(384, 128))
+    assert enc.model.visual.positional_embedding.shape == (1 + 24 * 8, 768)
+    tokens = enc.tokenizer(["a person"])
+    assert tokens.shape == (1, 77)
+
+
+def test_timm_tower_tokens():
+    cfg = {
+        "embed_dim": 24,
+        "vision_cfg": {"timm_model_name": "vit_tiny_patch16_224", "timm_model_pretrained": False,
+                       "timm_pool": "", "timm_proj": "linear", "image_size": 64},
+        "text_cfg": dict(TEXT_CFG),
+    }
+    enc = OpenCLIPDualEncoder(model_config=cfg).eval()
+    images = torch.randn(2, 3, 64, 64)
+    out = enc.encode_image(images, return_tokens=True)
+    assert out.embedding.shape == (2, 24)
+    assert out.tokens.shape == (2, 1 + 4 * 4, 24)
+    with pytest.raises(NotImplementedError):
+        enc.encode_image(images, return_attention=True)
+
+
+def test_processor_transforms_non_square(encoder):
+    from PIL import Image
+
+    proc = encoder.processor
+    img = Image.new("RGB", (50, 120), (200, 10, 10))
+    assert proc.eval_image_transform(img).shape == (3, 32, 16)
+    assert proc.train_image_transform(img).shape == (3, 32, 16)
