@@ -21,6 +21,9 @@ from mmembed.data.base import RetrievalDataModule
 from mmembed.lit.embedding_module import EmbeddingModule
 
 
+_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+
 def _processor_of(model: Any) -> Any:
     return model.processor
 
@@ -53,6 +56,8 @@ def main(args: ArgsType = None, run: bool = True) -> MMEmbedCLI:
         subclass_mode_data=True,
         auto_configure_optimizers=False,
         save_config_kwargs={"overwrite": True},
+        # argparse would accept a prefix of a key (--trainer.max_epoch); a typo must fail instead.
+        parser_kwargs={"allow_abbrev": False, **{sub: {"allow_abbrev": False} for sub in _SUBCOMMANDS}},
         args=args,
         run=run,
     )

@@ -7,6 +7,7 @@ prediction, ranked-result pictures and encoder export live here.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -60,7 +61,14 @@ class EmbeddingModule(pl.LightningModule):
         export_encoder: bool = True,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["encoder", "loss"])
+        with warnings.catch_warnings():
+            # Through the CLI, modules are saved as their class_path config (so load_from_checkpoint works).
+            warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`.*")
+            self.save_hyperparameters()
+        for key in ("encoder", "loss"):  # plain-Python construction: module objects are not config
+            if isinstance(self.hparams.get(key), nn.Module):
+                self.hparams.pop(key)
+                self._hparams_initial.pop(key, None)
         self.encoder = encoder
         self.loss = loss
         self.optimizer_factory = optimizer
@@ -135,7 +143,8 @@ class EmbeddingModule(pl.LightningModule):
     def _log_metrics(self, stage: str) -> dict[str, float]:
         metrics = self.evaluator.compute(drop_queries_without_positives=self._partial_eval(stage))
         for name, value in metrics.items():
-            self.log(f"{stage}/t2i_{name}", value, sync_dist=False, rank_zero_only=False)
+            # identical on every rank (gathered above); sync_dist only keeps Lightning's bookkeeping consistent
+            self.log(f"{stage}/t2i_{name}", value, sync_dist=True)
         return metrics
 
     def on_validation_epoch_start(self) -> None:
@@ -167,7 +176,10 @@ class EmbeddingModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ outputs
     def output_dir(self) -> Path:
-        """Where this run writes pictures and exports (the logger's version folder)."""
+        """Where this run writes pictures and exports (the logger's version folder).
+
+        Under DDP ``trainer.log_dir`` broadcasts, so every rank must call this.
+        """
         trainer = self.trainer
         return Path(trainer.log_dir or trainer.default_root_dir)
 
@@ -175,18 +187,20 @@ class EmbeddingModule(pl.LightningModule):
         loaders = getattr(self.trainer, f"{stage}_dataloaders")
         queries, gallery = loaders[0].dataset, loaders[1].dataset
         qi, ranked, correct = self.evaluator.top_k(self.hparams.plot_queries, self.hparams.plot_top_k)
+        out_dir = self.output_dir()  # a collective under DDP: every rank asks
         texts, paths = getattr(queries, "texts", None), getattr(gallery, "image_paths", None)
         if not self.trainer.is_global_zero or texts is None or paths is None:
             return
         from mmembed.eval.visualize import plot_ranked_results
 
         path = plot_ranked_results(
-            [texts[int(i)] for i in qi], paths, ranked, correct, self.output_dir() / f"ranked_{stage}.png",
+            [texts[int(i)] for i in qi], paths, ranked, correct, out_dir / f"ranked_{stage}.png",
             title=f"{stage}: text queries and top-{ranked.shape[1]} images (green = same identity)",
         )
         print(f"ranked results written to {path}")
 
     def on_fit_end(self) -> None:
+        out_dir = self.output_dir()  # a collective under DDP: every rank asks
         if self.hparams.export_encoder and self.trainer.is_global_zero and hasattr(self.encoder, "export"):
-            weights, _ = self.encoder.export(self.output_dir())
+            weights, _ = self.encoder.export(out_dir)
             print(f"encoder exported as a plain open_clip state dict: {weights}")

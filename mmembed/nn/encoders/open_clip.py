@@ -99,6 +99,10 @@ class OpenCLIPDualEncoder(nn.Module):
             self.model = open_clip.CustomTextCLIP(**build_cfg)
         else:
             self.model = open_clip.CLIP(**build_cfg)
+        # Temperatures belong to the loss modules; open_clip's own scalars stay frozen (and unused).
+        for name in ("logit_scale", "logit_bias"):
+            if isinstance(getattr(self.model, name, None), nn.Parameter):
+                getattr(self.model, name).requires_grad_(False)
         size = cfg["vision_cfg"].get("image_size", 224)
         self.image_size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
         trunk = getattr(self.model.visual, "trunk", None)

@@ -1,0 +1,122 @@
+"""PEDES loader: record expansion, splits, and readable errors for bad dataset folders."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from mmembed.data.errors import DatasetFormatError
+from mmembed.data.reid import PedesDataModule, load_pedes_annotations
+from mmembed.nn.encoders.transforms import build_image_transforms
+from mmembed.types import Processor
+
+
+def write_dataset(root: Path, entries: list[dict], make_images: bool = True) -> Path:
+    (root / "imgs").mkdir(parents=True, exist_ok=True)
+    for e in entries:
+        path = e.get("file_path")
+        if make_images and isinstance(path, str) and path:
+            (root / "imgs" / path).parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (8, 16), (40, 0, 0)).save(root / "imgs" / path)
+    (root / "reid_raw.json").write_text(json.dumps(entries))
+    return root
+
+
+def good_entries() -> list[dict]:
+    out = []
+    for pid, split in [(1, "train"), (2, "train"), (3, "val"), (4, "test"), (5, "test")]:
+        for k in range(2):
+            out.append({"id": pid, "file_path": f"p{pid}/{k}.png", "captions": [f"cap {pid}-{k}-a", f"cap {pid}-{k}-b"],
+                        "split": split, "processed_tokens": []})
+    return out
+
+
+def folder_digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        h.update(str(p.relative_to(root)).encode())
+        if p.is_file():
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def processor() -> Processor:
+    train, evaluation = build_image_transforms((16, 8))
+    return Processor(train, evaluation, lambda texts: torch.zeros(len(texts), 4, dtype=torch.long))
+
+
+def test_records_expand_in_json_then_caption_order(tmp_path):
+    root = write_dataset(tmp_path / "ds", good_entries())
+    dm = PedesDataModule(str(root), batch_size=2, processor=processor())
+    train = dm.build_train_dataset()
+    assert train.captions[:4] == ["cap 1-0-a", "cap 1-0-b", "cap 1-1-a", "cap 1-1-b"]
+    assert train.labels == [0, 0, 0, 0, 1, 1, 1, 1]  # CUHK ids are 1-based; train pids contiguous from 0
+    queries, gallery = dm.build_eval_datasets("test")
+    assert len(queries) == 8 and len(gallery) == 4
+    assert queries.labels == [4, 4, 4, 4, 5, 5, 5, 5] and gallery.labels == [4, 4, 5, 5]
+    item = gallery[0]
+    assert item["image"].shape == (3, 16, 8) and item["index"] == 0
+    qv, gv = dm.build_eval_datasets("val")
+    assert gv.labels == [3, 3]
+
+
+def test_missing_annotation_file(tmp_path):
+    with pytest.raises(DatasetFormatError, match=r"reid_raw\.json: annotation file not found"):
+        load_pedes_annotations(tmp_path)
+
+
+def test_malformed_json_names_file_and_position(tmp_path):
+    (tmp_path / "reid_raw.json").write_text('[{"id": 1,]')
+    with pytest.raises(DatasetFormatError, match=r"reid_raw\.json: malformed JSON at line 1, column \d+"):
+        load_pedes_annotations(tmp_path)
+
+
+def test_missing_images_listed_with_count(tmp_path):
+    entries = good_entries()
+    root = write_dataset(tmp_path, entries)
+    for e in entries[:7]:
+        (root / "imgs" / e["file_path"]).unlink()
+    before = folder_digest(root)
+    with pytest.raises(DatasetFormatError) as err:
+        load_pedes_annotations(root)
+    msg = str(err.value)
+    assert "reid_raw.json: 7 entries whose image file is missing" in msg
+    assert "entry 0:" in msg and "p1/0.png" in msg and "(and 2 more)" in msg
+    assert folder_digest(root) == before  # nothing in the dataset folder is modified
+
+
+def test_empty_captions(tmp_path):
+    entries = good_entries()
+    entries[3]["captions"] = []
+    entries[5]["captions"] = ["fine", "   "]
+    root = write_dataset(tmp_path, entries)
+    with pytest.raises(DatasetFormatError, match=r"2 entries with empty captions: entry 3 \(p2/1\.png\); entry 5"):
+        load_pedes_annotations(root)
+
+
+def test_mistyped_fields(tmp_path):
+    entries = good_entries()
+    entries[0]["id"] = "one"
+    del entries[2]["split"]
+    root = write_dataset(tmp_path, entries)
+    entries[4] = "not a dict"
+    (root / "reid_raw.json").write_text(json.dumps(entries))
+    with pytest.raises(DatasetFormatError, match=r"3 entries with missing or mistyped fields: entry 0: 'id' must be an integer"):
+        load_pedes_annotations(root)
+
+
+def test_not_a_list(tmp_path):
+    (tmp_path / "reid_raw.json").write_text('{"id": 1}')
+    with pytest.raises(DatasetFormatError, match="expected a JSON list"):
+        load_pedes_annotations(tmp_path)
+
+
+def test_missing_processor_is_explained(tmp_path):
+    root = write_dataset(tmp_path, good_entries())
+    with pytest.raises(RuntimeError, match="processor=model.processor"):
+        PedesDataModule(str(root)).build_train_dataset()
