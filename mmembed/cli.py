@@ -38,6 +38,45 @@ class MMEmbedCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("model", "data.init_args.processor", compute_fn=_processor_of, apply_on="instantiate")
 
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand in ("validate", "test"):
+            # The module prints one paper-style row of metrics; Lightning's own table would repeat it for
+            # the query and the gallery dataloader. `--verbose true` brings it back.
+            parser.set_defaults(verbose=False)
+        return parser
+
+
+class _ParseOnlyCLI(MMEmbedCLI):
+    def before_instantiate_classes(self) -> None:
+        pass
+
+    def instantiate_classes(self) -> None:
+        pass
+
+
+def _cli_kwargs() -> dict[str, Any]:
+    return {
+        "subclass_mode_model": True,
+        "subclass_mode_data": True,
+        "auto_configure_optimizers": False,
+        "save_config_kwargs": {"overwrite": True},
+        # argparse would accept a prefix of a key (--trainer.max_epoch); a typo must fail instead.
+        "parser_kwargs": {"allow_abbrev": False, **{sub: {"allow_abbrev": False} for sub in _SUBCOMMANDS}},
+    }
+
+
+def parse_config(args: ArgsType) -> Any:
+    """Parse and validate a config stack without building anything.
+
+    Args:
+        args: e.g. ``["-c", "experiments/quickstart.yaml", "--trainer.max_epochs=1"]`` (no subcommand).
+
+    Returns:
+        The parsed ``jsonargparse.Namespace``; raises ``SystemExit`` with the parser's message on errors.
+    """
+    return _ParseOnlyCLI(EmbeddingModule, RetrievalDataModule, args=args, run=False, **_cli_kwargs()).config
+
 
 def main(args: ArgsType = None, run: bool = True) -> MMEmbedCLI:
     """Run the CLI (``args=None`` reads ``sys.argv``).
@@ -49,18 +88,7 @@ def main(args: ArgsType = None, run: bool = True) -> MMEmbedCLI:
     Returns:
         The CLI object (``cli.trainer``, ``cli.model``, ``cli.datamodule``).
     """
-    return MMEmbedCLI(
-        EmbeddingModule,
-        RetrievalDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        auto_configure_optimizers=False,
-        save_config_kwargs={"overwrite": True},
-        # argparse would accept a prefix of a key (--trainer.max_epoch); a typo must fail instead.
-        parser_kwargs={"allow_abbrev": False, **{sub: {"allow_abbrev": False} for sub in _SUBCOMMANDS}},
-        args=args,
-        run=run,
-    )
+    return MMEmbedCLI(EmbeddingModule, RetrievalDataModule, args=args, run=run, **_cli_kwargs())
 
 
 def console() -> int:

@@ -39,6 +39,7 @@ class RetrievalEvaluator:
     def reset(self) -> None:
         """Forget everything added so far."""
         self._parts: dict[str, list[tuple[Tensor, Tensor, Tensor]]] = {"query": [], "gallery": []}
+        self.sizes: tuple[int, int] = (0, 0)  # (queries, gallery) of the last compute()
 
     def add(self, side: str, embeddings: Tensor, labels: Tensor, indices: Tensor) -> None:
         """Add a batch to ``"query"`` or ``"gallery"``.
@@ -81,6 +82,7 @@ class RetrievalEvaluator:
             if not keep.any():
                 return {}
             q, ql = q[keep], ql[keep]
+        self.sizes = (int(q.shape[0]), int(g.shape[0]))
         return retrieval_metrics_from_embeddings(q, g, ql, gl, ks=self.ks, chunk_size=self.chunk_size)
 
     def top_k(self, num_queries: int, k: int = 10, gather: bool = True) -> tuple[Tensor, Tensor, Tensor]:

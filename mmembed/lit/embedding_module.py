@@ -142,6 +142,12 @@ class EmbeddingModule(pl.LightningModule):
 
     def _log_metrics(self, stage: str) -> dict[str, float]:
         metrics = self.evaluator.compute(drop_queries_without_positives=self._partial_eval(stage))
+        fn = str(getattr(self.trainer.state.fn, "value", self.trainer.state.fn))
+        if metrics and self.trainer.is_global_zero and fn in ("validate", "test") and not self.trainer.sanity_checking:
+            from mmembed.eval.report import print_retrieval_table
+
+            n_q, n_g = self.evaluator.sizes
+            print_retrieval_table(metrics, f"text-to-image retrieval ({stage}: {n_q} queries x {n_g} gallery images)")
         for name, value in metrics.items():
             # identical on every rank (gathered above); sync_dist only keeps Lightning's bookkeeping consistent
             self.log(f"{stage}/t2i_{name}", value, sync_dist=True)
@@ -201,6 +207,8 @@ class EmbeddingModule(pl.LightningModule):
 
     def on_fit_end(self) -> None:
         out_dir = self.output_dir()  # a collective under DDP: every rank asks
+        if self.trainer.fast_dev_run:  # debugging run: no logger, nothing to keep
+            return
         if self.hparams.export_encoder and self.trainer.is_global_zero and hasattr(self.encoder, "export"):
             weights, _ = self.encoder.export(out_dir)
             print(f"encoder exported as a plain open_clip state dict: {weights}")

@@ -22,7 +22,11 @@ METRICS = ("r1", "r5", "r10", "map", "minp")
 
 
 def overrides(tmp: Path) -> list[str]:
-    return [f"--data.init_args.root={tmp / 'data'}", f"--trainer.logger.init_args.save_dir={tmp / 'runs'}"]
+    return [
+        f"--data.init_args.root={tmp / 'data'}",
+        f"--trainer.logger.init_args.save_dir={tmp / 'runs'}",
+        f"--trainer.default_root_dir={tmp / 'root'}",
+    ]
 
 
 def test_metrics(cli, stage: str) -> dict[str, float]:

@@ -23,17 +23,17 @@ _LAZY: dict[str, str] = {
     "make_caption": "captions",
     "make_captions": "captions",
     # SynthPedes: dataset writer and command line
-    "write_synth_pedes": "__main__",
-    "synth_pedes_meta": "__main__",
-    "synth_pedes_matches": "__main__",
-    "split_sizes": "__main__",
-    "SYNTH_PEDES_VERSION": "__main__",
+    "write_synth_pedes": "pedes",
+    "synth_pedes_meta": "pedes",
+    "synth_pedes_matches": "pedes",
+    "split_sizes": "pedes",
+    "SYNTH_PEDES_VERSION": "pedes",
 }
 
 __all__ = sorted(_LAZY)
 
 if TYPE_CHECKING:
-    from mmembed.data.synthetic.__main__ import (
+    from mmembed.data.synthetic.pedes import (
         SYNTH_PEDES_VERSION,
         split_sizes,
         synth_pedes_matches,
