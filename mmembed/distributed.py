@@ -147,6 +147,15 @@ def _dedupe_sorted(indices: Tensor, tensors: tuple[Tensor, ...]) -> tuple[Tensor
     return (sorted_idx[keep], *(t[order][keep] for t in tensors))  # (N, ...) -> (U, ...)
 
 
+def dedupe_by_index(indices: Tensor, *tensors: Tensor) -> tuple[Tensor, ...]:
+    """Sort rows by sample index and keep the first row of each index (no communication).
+
+    Shapes:
+        indices: (B,); each tensor (B, ...) -> (U,) and (U, ...).
+    """
+    return _dedupe_sorted(indices, tensors)
+
+
 def _pad_rows(t: Tensor, rows: int) -> Tensor:
     """Zero-pad ``t`` along dim 0 up to ``rows`` rows."""
     if t.shape[0] == rows:

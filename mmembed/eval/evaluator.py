@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mmembed.distributed import gather_for_eval
+from mmembed.distributed import dedupe_by_index, gather_for_eval
 from mmembed.eval.protocol import EmbeddingModel
-from mmembed.metrics.retrieval import retrieval_metrics_from_embeddings
+from mmembed.metrics.retrieval import DEFAULT_CHUNK_SIZE, retrieval_metrics_from_embeddings
 
 
 class RetrievalEvaluator:
@@ -32,13 +32,13 @@ class RetrievalEvaluator:
         normalize: L2-normalise embeddings before scoring (cosine similarity).
     """
 
-    def __init__(self, ks: Sequence[int] = (1, 5, 10), chunk_size: int = 1024, normalize: bool = True) -> None:
+    def __init__(self, ks: Sequence[int] = (1, 5, 10), chunk_size: int = DEFAULT_CHUNK_SIZE, normalize: bool = True) -> None:
         self.ks, self.chunk_size, self.normalize = tuple(ks), chunk_size, normalize
         self.reset()
 
     def reset(self) -> None:
         """Forget everything added so far."""
-        self._parts: dict[str, list[tuple[Tensor, Tensor, Tensor]]] = {"query": [], "gallery": []}
+        self._parts: dict[str, list[tuple[Tensor, ...]]] = {"query": [], "gallery": []}
         self.sizes: tuple[int, int] = (0, 0)  # (queries, gallery) of the last compute()
 
     def add(self, side: str, embeddings: Tensor, labels: Tensor, indices: Tensor) -> None:
@@ -49,7 +49,8 @@ class RetrievalEvaluator:
         """
         if side not in self._parts:
             raise ValueError(f"side must be 'query' or 'gallery', got {side!r}")
-        self._parts[side].append((indices.detach().long().cpu(), embeddings.detach().float().cpu(), labels.detach().cpu()))
+        # kept on the model's device: NCCL gathers need device tensors
+        self._parts[side].append((indices.detach().long(), embeddings.detach().float(), labels.detach()))
 
     def collected(self, side: str, gather: bool = True) -> tuple[Tensor, Tensor, Tensor]:
         """All ``(indices, embeddings, labels)`` of a side, gathered and sorted by index."""
@@ -57,11 +58,7 @@ class RetrievalEvaluator:
         if not parts:
             raise RuntimeError(f"no {side} embeddings were added")
         idx, emb, lab = (torch.cat(t) for t in zip(*parts, strict=True))
-        if gather:
-            idx, emb, lab = gather_for_eval(idx, emb, lab)
-        else:
-            order = torch.argsort(idx)
-            idx, emb, lab = idx[order], emb[order], lab[order]
+        idx, emb, lab = gather_for_eval(idx, emb, lab) if gather else dedupe_by_index(idx, emb, lab)
         if self.normalize:
             emb = F.normalize(emb, dim=-1)
         return idx, emb, lab
@@ -86,7 +83,10 @@ class RetrievalEvaluator:
         return retrieval_metrics_from_embeddings(q, g, ql, gl, ks=self.ks, chunk_size=self.chunk_size)
 
     def top_k(self, num_queries: int, k: int = 10, gather: bool = True) -> tuple[Tensor, Tensor, Tensor]:
-        """Ranked gallery positions for the first queries (ties: lower gallery index first).
+        """Ranked gallery positions for ``num_queries`` queries spread evenly over the query set.
+
+        Queries are usually grouped by identity, so evenly spaced ones show different people.
+        Ties rank the lower gallery index first.
 
         Returns:
             ``(query_indices, ranked_gallery_indices, correct)``.
@@ -96,7 +96,8 @@ class RetrievalEvaluator:
         """
         qi, q, ql = self.collected("query", gather)
         gi, g, gl = self.collected("gallery", gather)
-        q, ql, qi = q[:num_queries], ql[:num_queries], qi[:num_queries]
+        pick = torch.linspace(0, q.shape[0] - 1, min(num_queries, q.shape[0]), device=q.device).round().long()
+        q, ql, qi = q[pick], ql[pick], qi[pick]
         scores = q @ g.T  # (Qs, N)
         k = min(k, g.shape[0])
         order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]  # (Qs, K)
@@ -110,7 +111,7 @@ def evaluate_retrieval(
     gallery_loader: Iterable[dict[str, Any]],
     device: str | torch.device | None = None,
     ks: Sequence[int] = (1, 5, 10),
-    chunk_size: int = 1024,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> dict[str, float]:
     """Encode queries and gallery with ``model`` and compute retrieval metrics.
 

@@ -193,6 +193,7 @@ class EmbeddingModule(pl.LightningModule):
         loaders = getattr(self.trainer, f"{stage}_dataloaders")
         queries, gallery = loaders[0].dataset, loaders[1].dataset
         qi, ranked, correct = self.evaluator.top_k(self.hparams.plot_queries, self.hparams.plot_top_k)
+        qi, ranked, correct = qi.cpu(), ranked.cpu(), correct.cpu()
         out_dir = self.output_dir()  # a collective under DDP: every rank asks
         texts, paths = getattr(queries, "texts", None), getattr(gallery, "image_paths", None)
         if not self.trainer.is_global_zero or texts is None or paths is None:
