@@ -13,6 +13,7 @@ any work starts.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
@@ -88,6 +89,8 @@ def main(args: ArgsType = None, run: bool = True) -> MMEmbedCLI:
     Returns:
         The CLI object (``cli.trainer``, ``cli.model``, ``cli.datamodule``).
     """
+    # A deprecation inside Lightning's own code (torch >= 2.10 pytree API); nothing a user can act on.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     return MMEmbedCLI(EmbeddingModule, RetrievalDataModule, args=args, run=run, **_cli_kwargs())
 
 

@@ -74,6 +74,7 @@ class EmbeddingModule(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
         self.evaluator = RetrievalEvaluator(ks, eval_chunk_size)
+        self._logit_scales: list[LogitScale] | None = None  # found on the first step
 
     # ------------------------------------------------------------------ inputs
     @property
@@ -110,9 +111,10 @@ class EmbeddingModule(pl.LightningModule):
 
     def on_before_zero_grad(self, optimizer: Any) -> None:
         # Runs right after each optimizer step: keep learnable temperatures in range (as CLIP does).
-        for module in self.modules():
-            if isinstance(module, LogitScale):
-                module.clamp_()
+        if self._logit_scales is None:
+            self._logit_scales = [m for m in self.modules() if isinstance(m, LogitScale)]
+        for module in self._logit_scales:
+            module.clamp_()
 
     def configure_optimizers(self) -> Any:
         params = [p for p in self.parameters() if p.requires_grad]
