@@ -59,7 +59,7 @@ class SynthPedesDataModule(PedesDataModule):
             "seed": seed,
             "images_per_id": images_per_id,
             "captions_per_image": captions_per_image,
-            "image_size": [image_height, image_width],
+            "image_size": (image_height, image_width),
         }
         self.workers = workers
 
@@ -76,20 +76,14 @@ class SynthPedesDataModule(PedesDataModule):
             )
         from mmembed.data.synthetic import write_synth_pedes
 
-        g = self.generation
-        write_synth_pedes(
-            self.root,
-            num_ids=g["num_ids"],
-            seed=g["seed"],
-            images_per_id=g["images_per_id"],
-            captions_per_image=g["captions_per_image"],
-            image_size=tuple(g["image_size"]),
-            workers=self.workers,
-        )
+        write_synth_pedes(self.root, workers=self.workers, **self.generation)
 
     def _check_meta(self, meta_path: Path) -> None:
+        from mmembed.data.synthetic import synth_pedes_meta
+
         meta = json.loads(meta_path.read_text())
-        wrong = {k: (meta.get(k), v) for k, v in self.generation.items() if meta.get(k) != v}
+        expected = synth_pedes_meta(**self.generation)  # parameters, format version and split sizes
+        wrong = {k: (meta.get(k), v) for k, v in expected.items() if meta.get(k) != v}
         if wrong:
             details = ", ".join(f"{k}: folder has {a}, config asks {b}" for k, (a, b) in wrong.items())
             raise DatasetFormatError(

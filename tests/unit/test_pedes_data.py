@@ -120,3 +120,20 @@ def test_missing_processor_is_explained(tmp_path):
     root = write_dataset(tmp_path, good_entries())
     with pytest.raises(RuntimeError, match="processor=model.processor"):
         PedesDataModule(str(root)).build_train_dataset()
+
+
+def test_synth_datamodule_generates_once_and_refuses_other_parameters(tmp_path):
+    from mmembed.data.synth import SynthPedesDataModule
+
+    root = tmp_path / "world"
+    kw = dict(num_ids=4, images_per_id=1, captions_per_image=1, image_height=32, image_width=16, workers=1)
+    SynthPedesDataModule(str(root), seed=0, **kw).prepare_data()
+    assert (root / "reid_raw.json").is_file()
+    before = folder_digest(root)
+    SynthPedesDataModule(str(root), seed=0, **kw).prepare_data()  # same parameters: reused as is
+    with pytest.raises(DatasetFormatError, match=r"seed: folder has 0, config asks 1"):
+        SynthPedesDataModule(str(root), seed=1, **kw).prepare_data()
+    assert folder_digest(root) == before
+    other = write_dataset(tmp_path / "real", good_entries())
+    with pytest.raises(DatasetFormatError, match="not a SynthPedes folder"):
+        SynthPedesDataModule(str(other), **kw).prepare_data()
