@@ -12,10 +12,12 @@ Nothing in a dataset folder is ever written to.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from torch.utils.data import Dataset
 
 from mmembed.data.base import RetrievalDataModule, Split
@@ -118,19 +120,40 @@ def _load_image(path: Path) -> Any:
         return img.convert("RGB")
 
 
+#: Maps the number of training records to a caption index (record ``i`` gets caption ``idx[i]``).
+CaptionNoise = Callable[[int], Any]
+
+
 class PedesPairs(Dataset):
     """Training records: one (image, caption) pair per caption, contiguous pids from 0.
 
+    Args:
+        entries: Training entries, in file order.
+        processor: Transforms and tokenizer.
+        caption_noise: Optional callable ``n -> idx`` (a permutation of ``range(n)``); record
+            ``i`` then gets the caption of record ``idx[i]`` (synthetic noisy correspondence).
+            Pids and images never move.
+
     Attributes:
-        image_paths, captions, labels: One value per record.
+        image_paths, captions, labels: One value per record (captions after noise).
+        clean: Ground-truth flag per record, ``idx[i] == i`` (all True without noise);
+            for logging only.
     """
 
-    def __init__(self, entries: list[PedesEntry], processor: Processor) -> None:
+    def __init__(self, entries: list[PedesEntry], processor: Processor, caption_noise: CaptionNoise | None = None) -> None:
         pids = sorted({e.pid for e in entries})
         remap = {p: i for i, p in enumerate(pids)}
         self.image_paths = [e.image for e in entries for _ in e.captions]
         self.captions = [c for e in entries for c in e.captions]
         self.labels = [remap[e.pid] for e in entries for _ in e.captions]
+        n = len(self.captions)
+        self.clean = np.ones(n, dtype=bool)
+        if caption_noise is not None:
+            idx = np.asarray(caption_noise(n), dtype=np.int64)
+            if idx.shape != (n,) or not np.array_equal(np.sort(idx), np.arange(n)):
+                raise ValueError(f"caption_noise must return a permutation of range({n}), got shape {idx.shape}")
+            self.captions = [self.captions[j] for j in idx.tolist()]
+            self.clean = idx == np.arange(n)
         self.num_identities = len(pids)
         self.transform = processor.train_image_transform
         self.tokenizer = processor.tokenizer
@@ -179,7 +202,10 @@ class PedesDataModule(RetrievalDataModule):
     Args:
         root: Dataset folder holding the annotation JSON and ``imgs/``.
         flavour: Which dataset layout to read.
-        **base: See :class:`RetrievalDataModule` (batch sizes, workers, splits, processor).
+        caption_noise: Optional noisy-correspondence generator for the training split only
+            (e.g. ``mmembed.methods.rde.noise.CaptionShuffle``); val and test stay clean.
+        batch_size, eval_batch_size, num_workers, pin_memory, val_split, predict_split,
+        processor: See :class:`RetrievalDataModule`.
     """
 
     def __init__(
@@ -193,10 +219,12 @@ class PedesDataModule(RetrievalDataModule):
         val_split: Split = "val",
         predict_split: Split = "test",
         processor: Processor | None = None,
+        caption_noise: CaptionNoise | None = None,
     ) -> None:
         super().__init__(batch_size, eval_batch_size, num_workers, pin_memory, val_split, predict_split, processor)
         self.root = Path(root)
         self.flavour = flavour
+        self.caption_noise = caption_noise
         self._entries: list[PedesEntry] | None = None
 
     @property
@@ -215,7 +243,7 @@ class PedesDataModule(RetrievalDataModule):
         return chosen
 
     def build_train_dataset(self) -> PedesPairs:
-        return PedesPairs(self.split_entries("train"), self.require_processor())
+        return PedesPairs(self.split_entries("train"), self.require_processor(), self.caption_noise)
 
     def build_eval_datasets(self, split: Split) -> tuple[CaptionQueries, ImageGallery]:
         processor = self.require_processor()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from mmembed.data.base import Split
 from mmembed.data.errors import DatasetFormatError
-from mmembed.data.reid import PedesDataModule
+from mmembed.data.reid import CaptionNoise, PedesDataModule
 from mmembed.types import Processor
 
 
@@ -31,6 +31,7 @@ class SynthPedesDataModule(PedesDataModule):
         workers: Processes used to render.
         batch_size, eval_batch_size, num_workers, pin_memory, val_split,
         predict_split, processor: See :class:`RetrievalDataModule`.
+        caption_noise: Noisy-correspondence generator for the training split (see ``PedesDataModule``).
     """
 
     def __init__(
@@ -50,9 +51,11 @@ class SynthPedesDataModule(PedesDataModule):
         val_split: Split = "val",
         predict_split: Split = "test",
         processor: Processor | None = None,
+        caption_noise: CaptionNoise | None = None,
     ) -> None:
         super().__init__(
-            root, "CUHK-PEDES", batch_size, eval_batch_size, num_workers, pin_memory, val_split, predict_split, processor
+            root, "CUHK-PEDES", batch_size, eval_batch_size, num_workers, pin_memory, val_split, predict_split,
+            processor, caption_noise,
         )
         self.generation = {
             "num_ids": num_ids,

@@ -32,7 +32,8 @@ class EmbeddingModule(pl.LightningModule):
         encoder: Dual encoder with ``encode_image``, ``encode_text`` and ``processor``
             (e.g. :class:`mmembed.nn.encoders.open_clip.OpenCLIPDualEncoder`).
         loss: Module called as ``loss(image_emb, text_emb)`` on L2-normalised
-            embeddings (e.g. :class:`mmembed.losses.ClipLoss`).
+            embeddings (e.g. :class:`mmembed.losses.ClipLoss`). Methods that override
+            :meth:`compute_loss` may leave it out.
         optimizer: Optimizer factory; parameters with fewer than 2 dims get no weight decay
             when ``no_decay_1d`` is set.
         lr_scheduler: Optional scheduler factory.
@@ -49,7 +50,7 @@ class EmbeddingModule(pl.LightningModule):
     def __init__(
         self,
         encoder: nn.Module,
-        loss: nn.Module,
+        loss: nn.Module | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
         lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
@@ -73,7 +74,7 @@ class EmbeddingModule(pl.LightningModule):
         self.loss = loss
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
-        self.evaluator = RetrievalEvaluator(ks, eval_chunk_size)
+        self.evaluators: dict[str, RetrievalEvaluator] = {}  # one per embedding view; "" is the main one
         self._logit_scales: list[LogitScale] | None = None  # found on the first step
 
     # ------------------------------------------------------------------ inputs
@@ -83,16 +84,23 @@ class EmbeddingModule(pl.LightningModule):
         return self.encoder.processor
 
     # ------------------------------------------------------------------ hooks
-    def encode_query_batch(self, batch: dict[str, Any]) -> Tensor:
-        """Query embeddings (texts by default). Shapes: batch -> (B, D)."""
+    def encode_query_batch(self, batch: dict[str, Any]) -> Tensor | dict[str, Tensor]:
+        """Query embeddings (texts by default). Shapes: batch -> (B, D).
+
+        A method may return several named views (``{"": main, "bge": ..., "tse": ...}``);
+        each is evaluated and logged (``val/t2i_r1``, ``val/t2i_bge_r1``, ...), and the
+        main view ``""`` drives checkpointing, prediction and the ranked-results picture.
+        """
         return self.encoder.encode_text(batch["text"]).embedding
 
-    def encode_gallery_batch(self, batch: dict[str, Any]) -> Tensor:
-        """Gallery embeddings (images by default). Shapes: batch -> (B, D)."""
+    def encode_gallery_batch(self, batch: dict[str, Any]) -> Tensor | dict[str, Tensor]:
+        """Gallery embeddings (images by default), with the same views as the queries. Shapes: batch -> (B, D)."""
         return self.encoder.encode_image(batch["image"]).embedding
 
     def compute_loss(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         """Training objective; returns a dict with ``loss`` plus named parts for logging."""
+        if self.loss is None:
+            raise ValueError(f"{type(self).__name__} needs a loss module (model.init_args.loss)")
         image = F.normalize(self.encoder.encode_image(batch["image"]).embedding, dim=-1)  # (B, D)
         text = F.normalize(self.encoder.encode_text(batch["text"]).embedding, dim=-1)  # (B, D)
         out = {"loss": self.loss(image, text)}
@@ -132,54 +140,63 @@ class EmbeddingModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.hparams.lr_scheduler_interval}}
 
     # ------------------------------------------------------------- evaluation
+    def _views(self, batch: dict[str, Any], side: str) -> dict[str, Tensor]:
+        out = self.encode_query_batch(batch) if side == "query" else self.encode_gallery_batch(batch)
+        return out if isinstance(out, dict) else {"": out}
+
     def _eval_step(self, batch: dict[str, Any], dataloader_idx: int) -> None:
         side = "query" if dataloader_idx == 0 else "gallery"
-        emb = self.encode_query_batch(batch) if side == "query" else self.encode_gallery_batch(batch)
-        self.evaluator.add(side, emb, batch["label"], batch["index"])
+        for name, emb in self._views(batch, side).items():
+            if name not in self.evaluators:
+                self.evaluators[name] = RetrievalEvaluator(self.hparams.ks, self.hparams.eval_chunk_size)
+            self.evaluators[name].add(side, emb, batch["label"], batch["index"])
 
     def _partial_eval(self, stage: str) -> bool:
         trainer = self.trainer
         limit = getattr(trainer, f"limit_{stage}_batches", 1.0)
         return bool(trainer.sanity_checking or trainer.fast_dev_run or limit != 1.0)
 
-    def _log_metrics(self, stage: str) -> dict[str, float]:
-        metrics = self.evaluator.compute(drop_queries_without_positives=self._partial_eval(stage))
+    def _log_metrics(self, stage: str) -> None:
+        rows = {}
+        for view, evaluator in self.evaluators.items():
+            metrics = evaluator.compute(drop_queries_without_positives=self._partial_eval(stage))
+            rows[view or "main"] = metrics
+            prefix = f"{stage}/t2i_{view}_" if view else f"{stage}/t2i_"
+            for name, value in metrics.items():
+                # identical on every rank (gathered above); sync_dist only keeps Lightning's bookkeeping consistent
+                self.log(prefix + name, value, sync_dist=True)
         fn = str(getattr(self.trainer.state.fn, "value", self.trainer.state.fn))
-        if metrics and self.trainer.is_global_zero and fn in ("validate", "test") and not self.trainer.sanity_checking:
+        main = self.evaluators.get("")
+        if main and rows.get("main") and self.trainer.is_global_zero and fn in ("validate", "test"):
             from mmembed.eval.report import print_retrieval_table
 
-            n_q, n_g = self.evaluator.sizes
-            print_retrieval_table(metrics, f"text-to-image retrieval ({stage}: {n_q} queries x {n_g} gallery images)")
-        for name, value in metrics.items():
-            # identical on every rank (gathered above); sync_dist only keeps Lightning's bookkeeping consistent
-            self.log(f"{stage}/t2i_{name}", value, sync_dist=True)
-        return metrics
+            n_q, n_g = main.sizes
+            print_retrieval_table(rows, f"text-to-image retrieval ({stage}: {n_q} queries x {n_g} gallery images)")
 
     def on_validation_epoch_start(self) -> None:
-        self.evaluator.reset()
+        self.evaluators.clear()
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step(batch, dataloader_idx)
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")
-        self.evaluator.reset()
+        self.evaluators.clear()
 
     def on_test_epoch_start(self) -> None:
-        self.evaluator.reset()
+        self.evaluators.clear()
 
     def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step(batch, dataloader_idx)
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics("test")
-        if self.hparams.plot_queries > 0:
+        if self.hparams.plot_queries > 0 and "" in self.evaluators:
             self._plot_ranked("test")
-        self.evaluator.reset()
+        self.evaluators.clear()
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
-        side = "query" if dataloader_idx == 0 else "gallery"
-        emb = self.encode_query_batch(batch) if side == "query" else self.encode_gallery_batch(batch)
+        emb = self._views(batch, "query" if dataloader_idx == 0 else "gallery")[""]
         return {"embedding": emb, "label": batch["label"], "index": batch["index"]}
 
     # ------------------------------------------------------------------ outputs
@@ -194,7 +211,7 @@ class EmbeddingModule(pl.LightningModule):
     def _plot_ranked(self, stage: str) -> None:
         loaders = getattr(self.trainer, f"{stage}_dataloaders")
         queries, gallery = loaders[0].dataset, loaders[1].dataset
-        qi, ranked, correct = self.evaluator.top_k(self.hparams.plot_queries, self.hparams.plot_top_k)
+        qi, ranked, correct = self.evaluators[""].top_k(self.hparams.plot_queries, self.hparams.plot_top_k)
         qi, ranked, correct = qi.cpu(), ranked.cpu(), correct.cpu()
         out_dir = self.output_dir()  # a collective under DDP: every rank asks
         texts, paths = getattr(queries, "texts", None), getattr(gallery, "image_paths", None)

@@ -6,6 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -137,3 +138,21 @@ def test_synth_datamodule_generates_once_and_refuses_other_parameters(tmp_path):
     other = write_dataset(tmp_path / "real", good_entries())
     with pytest.raises(DatasetFormatError, match="not a SynthPedes folder"):
         SynthPedesDataModule(str(other), **kw).prepare_data()
+
+
+def test_caption_noise_touches_train_only(tmp_path):
+    from mmembed.methods.rde.noise import CaptionShuffle, clean_flags, noise_index
+
+    root = write_dataset(tmp_path / "ds", good_entries())
+    before = folder_digest(root)
+    clean_dm = PedesDataModule(str(root), processor=processor())
+    noisy_dm = PedesDataModule(str(root), processor=processor(), caption_noise=CaptionShuffle(0.5, seed=1))
+    clean, noisy = clean_dm.build_train_dataset(), noisy_dm.build_train_dataset()
+    idx = noise_index(len(clean), 0.5, 1)
+    assert noisy.captions == [clean.captions[j] for j in idx]
+    assert noisy.labels == clean.labels and noisy.image_paths == clean.image_paths  # pids and images stay
+    assert np.array_equal(noisy.clean, clean_flags(idx)) and clean.clean.all()
+    assert noisy_dm.build_eval_datasets("test")[0].texts == clean_dm.build_eval_datasets("test")[0].texts
+    assert folder_digest(root) == before
+    with pytest.raises(ValueError, match="permutation"):
+        PedesDataModule(str(root), processor=processor(), caption_noise=lambda n: np.zeros(n)).build_train_dataset()

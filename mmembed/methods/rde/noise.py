@@ -41,7 +41,16 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["apply_noise", "clean_flags", "count_train_records", "main", "noise_candidates", "noise_index"]
+__all__ = [
+    "CaptionShuffle",
+    "NoiseIndexFile",
+    "apply_noise",
+    "clean_flags",
+    "count_train_records",
+    "main",
+    "noise_candidates",
+    "noise_index",
+]
 
 FLAVOUR_NAMES = ("CUHK-PEDES", "ICFG-PEDES", "RSTPReid")
 
@@ -184,6 +193,41 @@ def count_train_records(root: str | Path, flavour: str) -> int:
 
     entries = load_pedes_annotations(root, flavour, check_images=False)  # type: ignore[arg-type]
     return sum(len(e.captions) for e in entries if e.split == "train")
+
+
+class CaptionShuffle:
+    """Noisy-correspondence generator for a datamodule's ``caption_noise`` option.
+
+    ``CaptionShuffle(rate, seed)(n)`` is :func:`noise_index` ``(n, rate, seed)``.
+
+    Args:
+        rate: Noise rate in ``[0, 1]``.
+        seed: Legacy numpy seed (the reference uses 1).
+    """
+
+    def __init__(self, rate: float, seed: int = 1) -> None:
+        _check_args(0, rate, seed)
+        self.rate, self.seed = rate, seed
+
+    def __call__(self, n: int) -> np.ndarray:
+        return noise_index(n, self.rate, self.seed)
+
+
+class NoiseIndexFile:
+    """Caption index read from a ``.npy`` file (e.g. the reference's ``noiseindex/*.npy``).
+
+    Args:
+        path: The file; it must hold a permutation of ``range(n)``.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __call__(self, n: int) -> np.ndarray:
+        idx = _as_index(np.load(self.path))
+        if idx.shape[0] != n:
+            raise ValueError(f"{self.path}: {idx.shape[0]} entries, but the training split has {n} records")
+        return idx
 
 
 def _build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,82 @@
+"""RDE pieces around the module: caption augmentation, parameter groups, test similarity, noise in the datamodule."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmembed.methods.rde.augment import MASK_ID, augment_tokens
+from mmembed.methods.rde.module import RDEModule
+from mmembed.methods.rde.noise import CaptionShuffle, NoiseIndexFile, noise_index
+from mmembed.nn.encoders.open_clip import OpenCLIPDualEncoder
+
+SOT, EOT = 49406, 49407
+
+
+def tiny_encoder():
+    torch.manual_seed(0)
+    return OpenCLIPDualEncoder(model_config={
+        "embed_dim": 16,
+        "vision_cfg": {"image_size": [32, 16], "patch_size": 8, "width": 16, "layers": 1, "head_width": 8},
+        "text_cfg": {"context_length": 12, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1},
+    })
+
+
+def test_augment_identity_when_off_and_specials_preserved():
+    ids = torch.tensor([[SOT, 10, 11, 12, 13, EOT, 0, 0], [SOT, 20, EOT, 0, 0, 0, 0, 0]])
+    assert torch.equal(augment_tokens(ids, p=0.0), ids)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        out = augment_tokens(ids, p=0.5, generator=g)
+        for row in out:
+            assert row[0] == SOT
+            assert (row == EOT).sum() == 1
+            eot = int((row == EOT).nonzero())
+            assert torch.all(row[eot + 1:] == 0)  # zero padding after EOT, deletions compacted
+            assert torch.all(row[1:eot] > 0)
+
+
+def test_augment_rates_match_spec():
+    g = torch.Generator().manual_seed(1)
+    words = torch.randint(1, 40000, (4000, 30))
+    ids = torch.cat([torch.full((4000, 1), SOT), words, torch.full((4000, 1), EOT)], dim=1)
+    out = augment_tokens(ids, p=0.2, generator=g)
+    lengths = (out > 0).sum(1) - 2
+    deleted = 30 - lengths  # 0.2 * 0.2 = 4% of words deleted
+    assert deleted.float().mean() / 30 == pytest.approx(0.04, abs=0.004)
+    masked = (out == MASK_ID).sum() / (4000 * 30)  # 0.2 * 0.6 = 12% masked
+    assert float(masked) == pytest.approx(0.12, abs=0.006)
+
+
+def test_parameter_groups_follow_the_reference():
+    model = RDEModule(tiny_encoder(), tse_dim=32,
+                      optimizer=lambda p: torch.optim.Adam(p, lr=1e-5, eps=1e-3, weight_decay=4e-5))
+    opt = model.configure_optimizers()
+    lrs = sorted((g["lr"], g["weight_decay"], len(g["params"])) for g in opt.param_groups)
+    assert [(lr, wd) for lr, wd, _ in lrs] == [(1e-5, 4e-5), (2e-5, 0.0), (1e-3, 0.0), (1e-3, 4e-5)]
+    n_params = sum(n for *_, n in lrs)
+    assert n_params == len([p for p in model.parameters() if p.requires_grad])
+
+
+def test_main_view_scores_mean_of_bge_and_tse():
+    model = RDEModule(tiny_encoder(), tse_dim=32).eval()
+    proc = model.processor
+    texts = ["a man in a red coat", "a woman with a bag", "blue jeans"]
+    batch_q = {"text": proc.tokenizer(texts)}
+    batch_g = {"image": torch.randn(4, 3, 32, 16)}
+    with torch.no_grad():
+        q, g = model.encode_query_batch(batch_q), model.encode_gallery_batch(batch_g)
+    main = F.normalize(q[""], dim=-1) @ F.normalize(g[""], dim=-1).T
+    expected = (q["bge"] @ g["bge"].T + q["tse"] @ g["tse"].T) / 2
+    torch.testing.assert_close(main, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_caption_noise_generators(tmp_path):
+    shuffle = CaptionShuffle(0.5, seed=1)
+    assert np.array_equal(shuffle(100), noise_index(100, 0.5, 1))
+    np.save(tmp_path / "idx.npy", noise_index(50, 0.2))
+    assert np.array_equal(NoiseIndexFile(str(tmp_path / "idx.npy"))(50), noise_index(50, 0.2))
+    with pytest.raises(ValueError, match="50 entries"):
+        NoiseIndexFile(str(tmp_path / "idx.npy"))(51)
