@@ -21,7 +21,10 @@ def overrides(tmp: Path) -> list[str]:
 
 
 def test_fit_with_ccd_then_test_from_saved_config(tmp_path):
-    cli = main(["fit", "-c", SMOKE, *overrides(tmp_path)])
+    # workers persist across epochs: CCD's extra pass must not consume the trainer's own iterator
+    cli = main(["fit", "-c", SMOKE, *overrides(tmp_path), "--data.init_args.num_workers=1"])
+    n_train = len(cli.trainer.train_dataloader.dataset)
+    assert cli.trainer.global_step == 2 * (n_train // 8)  # every epoch trained all its batches
     metrics = cli.trainer.callback_metrics
     for key in ("train/ccd_precision", "train/ccd_recall", "val/t2i_r1", "val/t2i_bge_r1", "val/t2i_tse_r1"):
         assert key in metrics, key

@@ -15,6 +15,7 @@ References:
 
 from __future__ import annotations
 
+import time
 from typing import Any, Literal
 
 import numpy as np
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import move_data_to_device
 from torch import Tensor, nn
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from mmembed.distributed import gather_for_eval
 from mmembed.lit.embedding_module import EmbeddingModule
@@ -99,6 +101,7 @@ class RDEModule(EmbeddingModule):
         )
         self.tse = TokenSelectionEmbedding(encoder.embed_dim, tse_dim, select_ratio) if use_tse else None
         self.register_buffer("ccd_labels", torch.ones(0), persistent=False)  # (N,) set by CCD each epoch
+        self._epoch_start, self._train_seconds = 0.0, None
 
     # ----------------------------------------------------------------- scoring
     def _per_sample(self, sim: Tensor, pids: Tensor) -> Tensor:
@@ -172,9 +175,12 @@ class RDEModule(EmbeddingModule):
     def on_train_epoch_start(self) -> None:
         h = self.hparams
         if h.use_ccd and self.current_epoch >= h.ccd_warmup_epochs:
+            start = time.perf_counter()
             self.run_ccd()
+            self.log("train/ccd_seconds", time.perf_counter() - start, on_step=False, on_epoch=True)
         elif self.ccd_labels.numel():
             self.ccd_labels = torch.ones(0, device=self.device)
+        self._epoch_start, self._train_seconds = time.perf_counter(), None
         # the reference trained in eval mode (BatchNorm as a fixed affine); set it explicitly
         # every epoch because Lightning restores modes around validation
         self.train(h.bn_train_mode)
@@ -186,7 +192,7 @@ class RDEModule(EmbeddingModule):
         Returns:
             Precision / recall of the consensus labels against the ground-truth clean flags.
         """
-        loader = self.trainer.train_dataloader
+        loader = self._ccd_loader(self.trainer.train_dataloader)
         was_training = self.training
         self.eval()
         idx, lb, lt = [], [], []
@@ -218,6 +224,30 @@ class RDEModule(EmbeddingModule):
         for name, value in stats.items():
             self.log(f"train/{name}", value, on_step=False, on_epoch=True, sync_dist=False)
         return stats
+
+    def on_validation_epoch_start(self) -> None:
+        super().on_validation_epoch_start()
+        if self.trainer.training and self._train_seconds is None:  # validation inside fit: stop the clock
+            self._train_seconds = time.perf_counter() - self._epoch_start
+
+    def on_train_epoch_end(self) -> None:
+        # training time of the epoch, without the CCD pass and validation (CCD overhead = ccd / epoch seconds)
+        seconds = self._train_seconds if self._train_seconds is not None else time.perf_counter() - self._epoch_start
+        self.log("train/epoch_seconds", seconds, on_step=False, on_epoch=True)
+
+    def _ccd_loader(self, train_loader: DataLoader) -> DataLoader:
+        """A fresh shuffled loader over the training set (all samples, this rank's shard).
+
+        The trainer's own loader must not be iterated here: with persistent workers its
+        iterator is shared, and consuming it would empty the coming epoch.
+        """
+        dataset = train_loader.dataset
+        world = self.trainer.world_size
+        sampler = (DistributedSampler(dataset, world, self.global_rank, shuffle=True, seed=self.current_epoch)
+                   if world > 1 else RandomSampler(dataset))
+        return DataLoader(dataset, batch_size=train_loader.batch_size, sampler=sampler,
+                          num_workers=train_loader.num_workers, collate_fn=train_loader.collate_fn,
+                          pin_memory=train_loader.pin_memory)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["rde_ccd_labels"] = self.ccd_labels.detach().cpu()
