@@ -52,6 +52,8 @@ class RDEModule(EmbeddingModule):
         select_ratio: Fraction of tokens TSE selects (R).
         tse_dim: TSE embedding width.
         use_ccd: Weight samples by CCD's consensus clean labels.
+        oracle_labels: Weight samples by the ground-truth clean flags of the training set
+            instead of CCD (an oracle for studies; noisy pairs still serve as negatives).
         ccd_warmup_epochs: Epochs trained on all samples before CCD starts (the paper: 0).
         gmm: GMM preset: ``light`` (max_iter 10, tol 1e-2, reg 5e-4) or ``strict``
             (100, 1e-4, 1e-6). The reference picks ``strict`` from the true noise rate
@@ -79,6 +81,7 @@ class RDEModule(EmbeddingModule):
         select_ratio: float = 0.3,
         tse_dim: int = 1024,
         use_ccd: bool = True,
+        oracle_labels: bool = False,
         ccd_warmup_epochs: int = 0,
         gmm: Literal["light", "strict"] = "light",
         gmm_seed: int | None = None,
@@ -174,7 +177,12 @@ class RDEModule(EmbeddingModule):
     # --------------------------------------------------------------------- CCD
     def on_train_epoch_start(self) -> None:
         h = self.hparams
-        if h.use_ccd and self.current_epoch >= h.ccd_warmup_epochs:
+        if h.oracle_labels:
+            clean = getattr(self.trainer.train_dataloader.dataset, "clean", None)
+            if clean is None:
+                raise ValueError("oracle_labels needs a training set with ground-truth `clean` flags")
+            self.ccd_labels = torch.as_tensor(np.asarray(clean), dtype=torch.float32, device=self.device)
+        elif h.use_ccd and self.current_epoch >= h.ccd_warmup_epochs:
             start = time.perf_counter()
             self.run_ccd()
             self.log("train/ccd_seconds", time.perf_counter() - start, on_step=False, on_epoch=True)
