@@ -15,7 +15,7 @@ CONFIG=experiments/rde/$NAME.yaml
 RATES="0.0 0.2 0.5"; [ "${ALL_RATES:-0}" = 1 ] && RATES="0.0 0.2 0.5 0.8"
 for RATE in $RATES; do
   GMM=light
-  # the reference's GMM settings: strict above 40% noise and for RSTPReid (spec rde.md section 7)
+  # the reference's GMM settings: strict above 40% noise and for RSTPReid
   if [ "$NAME" = rstpreid ] || awk "BEGIN{exit !($RATE > 0.4)}"; then GMM=strict; fi
   SAVE=runs/reproduce_rde/$NAME/noise_$RATE
   python -m mmembed fit -c experiments/base/trainer_gpu.yaml -c "$CONFIG" \

@@ -1,4 +1,4 @@
-"""Unit tests for RDE's Confident Consensus Division (spec rde.md sections 7 and 12)."""
+"""Unit tests for RDE's Confident Consensus Division."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""RDE synthetic noise index: spec §3 counts, permutation, nesting, legacy-RNG equality and the command."""
+"""RDE synthetic noise index: reference noise counts, permutation, nesting, legacy-RNG equality and the command."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""RDE losses (TAL, TRL, TRL-S, InfoNCE, SDM) against slow loop references and spec §12 properties."""
+"""RDE losses (TAL, TRL, TRL-S, InfoNCE, SDM) against slow loop references and the paper's properties."""
 
 from __future__ import annotations
 
@@ -144,7 +144,7 @@ def test_trl_uses_the_hardest_negative_even_when_all_negatives_are_below_zero():
     close(trl_row(S, pids, 1.0), [1.0 - 0.5 - 0.3, 1.0 - 0.4 - 0.6])
 
 
-# ---------------------------------------------------------------- TAL properties (spec §12)
+# ---------------------------------------------------------------- TAL properties 
 
 
 @pytest.mark.parametrize("seed,n,k", CASES)

@@ -1,4 +1,4 @@
-"""Unit tests for RDE's Token Selection Embedding (spec rde.md sections 5 and 12)."""
+"""Unit tests for RDE's Token Selection Embedding."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""RDE's training-time caption augmentation on token ids (spec ``rde.md`` section 8)."""
+"""RDE's training-time caption augmentation on token ids."""
 
 from __future__ import annotations
 

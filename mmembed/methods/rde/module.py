@@ -195,7 +195,7 @@ class RDEModule(EmbeddingModule):
 
     @torch.no_grad()
     def run_ccd(self) -> dict[str, float]:
-        """Confident Consensus Division over the training loader (spec ``rde.md`` section 7).
+        """Confident Consensus Division over the training loader.
 
         Returns:
             Precision / recall of the consensus labels against the ground-truth clean flags.

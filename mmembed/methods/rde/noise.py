@@ -4,7 +4,7 @@ Record ``i`` of a training set keeps its pid and image and receives the
 caption of record ``idx[i]``. The index is built with numpy's legacy RNG
 exactly as the reference code does, so that with seed 1 it reproduces the
 shipped ``noiseindex/{CUHK-PEDES,ICFG-PEDES,RSTPReid}_{0.2,0.5,0.8}.npy``
-files (spec ``rde.md`` section 3):
+files:
 
 1. ``np.random.seed(seed)``;
 2. ``perm = arange(n)``, shuffled;
@@ -115,8 +115,7 @@ def noise_index(n: int, rate: float, seed: int = 1) -> np.ndarray:
         -> ``(n,)`` int64.
 
     References:
-        RDE, CVPR 2024, https://arxiv.org/abs/2308.09911 (synthetic noise); spec
-        ``rde.md`` section 3.
+        RDE, CVPR 2024, https://arxiv.org/abs/2308.09911 (synthetic noise).
     """
     _check_args(n, rate, seed)
     rng = np.random.RandomState(seed)

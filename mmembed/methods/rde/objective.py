@@ -3,7 +3,7 @@
 Pure functions of ``sim`` (``S_ij = cos(text_i, image_j)``, the reference
 code's orientation) and ``pids``, returning one loss per pair ``i`` (text
 anchor plus image anchor). :func:`reduce` weights and reduces them: TAL and
-TRL are summed, InfoNCE and SDM take a label-weighted mean (spec ``rde.md`` §6).
+TRL are summed, InfoNCE and SDM take a label-weighted mean (the reference implementation).
 Positives are ``P_ij = 1[pid_i = pid_j]`` (diagonal included), negatives
 ``N = 1 - P``; ``P`` is symmetric, so the image-side term is the text-side
 term on ``S^T``.
@@ -18,7 +18,7 @@ Shapes:
 
 References:
     RDE, Qin et al., CVPR 2024, https://arxiv.org/abs/2308.09911 (Eq. 5, TAL;
-    the loss ablation with TRL, TRL-S and InfoNCE); spec ``rde.md`` section 6.
+    the loss ablation with TRL, TRL-S and InfoNCE).
     IRRA, Jiang and Ye, CVPR 2023, https://arxiv.org/abs/2303.12501 (SDM loss).
 """
 
@@ -303,7 +303,7 @@ def reduce(
 
     References:
         RDE, CVPR 2024, https://arxiv.org/abs/2308.09911 (overall objective,
-        a sum over the consensus set); spec ``rde.md`` section 6.
+        a sum over the consensus set).
     """
     if per_sample.dim() != 1:
         raise ValueError(f"per_sample must be 1-D (B,), got {tuple(per_sample.shape)}")
