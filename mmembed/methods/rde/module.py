@@ -244,18 +244,26 @@ class RDEModule(EmbeddingModule):
         self.log("train/epoch_seconds", seconds, on_step=False, on_epoch=True)
 
     def _ccd_loader(self, train_loader: DataLoader) -> DataLoader:
-        """A fresh shuffled loader over the training set (all samples, this rank's shard).
+        """A shuffled loader over the training set (all samples, this rank's shard), built once.
 
         The trainer's own loader must not be iterated here: with persistent workers its
-        iterator is shared, and consuming it would empty the coming epoch.
+        iterator is shared, and consuming it would empty the coming epoch. This loader keeps
+        its own persistent workers, so CCD does not pay worker start-up every epoch.
         """
         dataset = train_loader.dataset
-        world = self.trainer.world_size
-        sampler = (DistributedSampler(dataset, world, self.global_rank, shuffle=True, seed=self.current_epoch)
-                   if world > 1 else RandomSampler(dataset))
-        return DataLoader(dataset, batch_size=train_loader.batch_size, sampler=sampler,
-                          num_workers=train_loader.num_workers, collate_fn=train_loader.collate_fn,
-                          pin_memory=train_loader.pin_memory)
+        cached = getattr(self, "_ccd_loader_cache", None)
+        if cached is None or cached.dataset is not dataset:
+            world = self.trainer.world_size
+            sampler = (DistributedSampler(dataset, world, self.global_rank, shuffle=True)
+                       if world > 1 else RandomSampler(dataset))
+            cached = DataLoader(dataset, batch_size=train_loader.batch_size, sampler=sampler,
+                                num_workers=train_loader.num_workers, collate_fn=train_loader.collate_fn,
+                                pin_memory=train_loader.pin_memory,
+                                persistent_workers=train_loader.num_workers > 0)
+            self._ccd_loader_cache = cached
+        if isinstance(cached.sampler, DistributedSampler):
+            cached.sampler.set_epoch(self.current_epoch)
+        return cached
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["rde_ccd_labels"] = self.ccd_labels.detach().cpu()
