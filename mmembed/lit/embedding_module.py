@@ -134,6 +134,10 @@ class EmbeddingModule(pl.LightningModule):
             optimizer = self.optimizer_factory([g for g in groups if g["params"]])
         else:
             optimizer = self.optimizer_factory(params)
+        return self.with_scheduler(optimizer)
+
+    def with_scheduler(self, optimizer: torch.optim.Optimizer) -> Any:
+        """Attach the configured scheduler (if any) to ``optimizer``, in Lightning's return format."""
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)

@@ -290,7 +290,4 @@ class RDEModule(EmbeddingModule):
         optimizer = self.optimizer_factory([g for g in spec if g["params"]])
         for group in optimizer.param_groups:
             group["lr"] *= group.pop("lr_factor", 1.0)
-        if self.scheduler_factory is None:
-            return optimizer
-        scheduler = self.scheduler_factory(optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": h.lr_scheduler_interval}}
+        return self.with_scheduler(optimizer)
