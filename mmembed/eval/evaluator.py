@@ -40,6 +40,7 @@ class RetrievalEvaluator:
         """Forget everything added so far."""
         self._parts: dict[str, list[tuple[Tensor, ...]]] = {"query": [], "gallery": []}
         self.sizes: tuple[int, int] = (0, 0)  # (queries, gallery) of the last compute()
+        self._collected: dict[tuple[str, bool], tuple[Tensor, Tensor, Tensor]] = {}  # gathered once per side
 
     def add(self, side: str, embeddings: Tensor, labels: Tensor, indices: Tensor) -> None:
         """Add a batch to ``"query"`` or ``"gallery"``.
@@ -49,11 +50,19 @@ class RetrievalEvaluator:
         """
         if side not in self._parts:
             raise ValueError(f"side must be 'query' or 'gallery', got {side!r}")
+        self._collected.clear()
         # kept on the model's device: NCCL gathers need device tensors
         self._parts[side].append((indices.detach().long(), embeddings.detach().float(), labels.detach()))
 
     def collected(self, side: str, gather: bool = True) -> tuple[Tensor, Tensor, Tensor]:
-        """All ``(indices, embeddings, labels)`` of a side, gathered and sorted by index."""
+        """All ``(indices, embeddings, labels)`` of a side, gathered and sorted by index.
+
+        The result is kept until the next :meth:`add` or :meth:`reset`, so metrics and the
+        ranked-results picture share one gather.
+        """
+        key = (side, gather)
+        if key in self._collected:
+            return self._collected[key]
         parts = self._parts[side]
         if not parts:
             raise RuntimeError(f"no {side} embeddings were added")
@@ -61,6 +70,7 @@ class RetrievalEvaluator:
         idx, emb, lab = gather_for_eval(idx, emb, lab) if gather else dedupe_by_index(idx, emb, lab)
         if self.normalize:
             emb = F.normalize(emb, dim=-1)
+        self._collected[key] = (idx, emb, lab)
         return idx, emb, lab
 
     def compute(self, gather: bool = True, drop_queries_without_positives: bool = False) -> dict[str, float]:
