@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -37,13 +36,6 @@ def good_entries() -> list[dict]:
     return out
 
 
-def folder_digest(root: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(root.rglob("*")):
-        h.update(str(p.relative_to(root)).encode())
-        if p.is_file():
-            h.update(p.read_bytes())
-    return h.hexdigest()
 
 
 def processor() -> Processor:
@@ -77,7 +69,7 @@ def test_malformed_json_names_file_and_position(tmp_path):
         load_pedes_annotations(tmp_path)
 
 
-def test_missing_images_listed_with_count(tmp_path):
+def test_missing_images_listed_with_count(tmp_path, folder_digest):
     entries = good_entries()
     root = write_dataset(tmp_path, entries)
     for e in entries[:7]:
@@ -123,7 +115,7 @@ def test_missing_processor_is_explained(tmp_path):
         PedesDataModule(str(root)).build_train_dataset()
 
 
-def test_synth_datamodule_generates_once_and_refuses_other_parameters(tmp_path):
+def test_synth_datamodule_generates_once_and_refuses_other_parameters(tmp_path, folder_digest):
     from mmembed.data.synth import SynthPedesDataModule
 
     root = tmp_path / "world"
@@ -140,7 +132,7 @@ def test_synth_datamodule_generates_once_and_refuses_other_parameters(tmp_path):
         SynthPedesDataModule(str(other), **kw).prepare_data()
 
 
-def test_caption_noise_touches_train_only(tmp_path):
+def test_caption_noise_touches_train_only(tmp_path, folder_digest):
     from mmembed.methods.rde.noise import CaptionShuffle, clean_flags, noise_index
 
     root = write_dataset(tmp_path / "ds", good_entries())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -125,13 +124,6 @@ def test_clean_flags_and_apply_noise():
 # ---------------------------------------------------------------- command line
 
 
-def digest(root: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(root.rglob("*")):
-        h.update(str(p.relative_to(root)).encode())
-        if p.is_file():
-            h.update(p.read_bytes())
-    return h.hexdigest()
 
 
 def write_rstp(root: Path) -> Path:
@@ -158,18 +150,18 @@ def test_command_writes_the_index(tmp_path, capsys):
     assert sorted(p.name for p in out.parent.iterdir()) == ["cuhk_0.5.npy"]  # no temporary left behind
 
 
-def test_command_counts_dataset_records_and_never_writes_inside_it(tmp_path, capsys):
+def test_command_counts_dataset_records_and_never_writes_inside_it(tmp_path, capsys, folder_digest):
     root = write_rstp(tmp_path / "RSTPReid")
     assert count_train_records(root, "RSTPReid") == 12  # 3 train ids x 2 images x 2 captions
-    before = digest(root)
+    before = folder_digest(root)
     for inside in (root / "noise.npy", root / "imgs" / "noise.npy", root / ".." / "RSTPReid" / "n.npy"):
         assert main(["--pedes-root", str(root), "--flavour", "RSTPReid", "--rate", "0.5", "--out", str(inside)]) == 1
         assert "dataset folder" in capsys.readouterr().err
-    assert digest(root) == before
+    assert folder_digest(root) == before
     out = tmp_path / "noiseindex" / "RSTPReid_0.5.npy"
     assert main(["--pedes-root", str(root), "--flavour", "RSTPReid", "--rate", "0.5", "--out", str(out)]) == 0
     assert np.array_equal(np.load(out), noise_index(12, 0.5))
-    assert digest(root) == before
+    assert folder_digest(root) == before
 
 
 def test_command_reports_bad_requests(tmp_path, capsys):
