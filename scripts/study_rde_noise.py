@@ -54,6 +54,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
                    help="arguments passed through to `mmembed fit` (must come last)")
     p.add_argument("--force", action="store_true", help="retrain runs whose results already exist")
+    p.add_argument("--jobs", type=int, default=1, help="trainings run at once (each gets cores / jobs threads)")
+    p.add_argument("--summarise-only", action="store_true",
+                   help="train nothing; summarise the runs that have finished (e.g. after a time limit)")
+    p.add_argument("--gpu", action="store_true",
+                   help="add experiments/base/trainer_gpu.yaml (one GPU, bf16-mixed; jobs share the GPU)")
     return p.parse_args()
 
 
@@ -62,8 +67,25 @@ def run_dir(out: str, rate: float, run: str, seed: int) -> str:
     return os.path.join(out, f"{rate:g}", run, f"seed{seed}")
 
 
-def train(args: argparse.Namespace, rate: float, run: str, seed: int) -> float:
-    """Trains one run with ``mmembed fit``.
+def config_args(args: argparse.Namespace) -> list[str]:
+    """The config stack shared by every run: the SynthPedes config (plus the GPU trainer)."""
+    return ["-c", CONFIG, *(["-c", "experiments/base/trainer_gpu.yaml"] if args.gpu else [])]
+
+
+def prepare_world(args: argparse.Namespace) -> None:
+    """Generates the SynthPedes world once, before parallel runs could race to write it."""
+    from mmembed.cli import main as cli_main
+
+    argv, sys.argv = sys.argv, sys.argv[:1]  # the CLI parses only the list below
+    try:
+        cli = cli_main([*config_args(args), *args.extra], run=False)
+    finally:
+        sys.argv = argv
+    cli.datamodule.prepare_data()
+
+
+def command(args: argparse.Namespace, rate: float, run: str, seed: int) -> list[str]:
+    """The ``mmembed fit`` command line of one run.
 
     Args:
         args: The study options.
@@ -72,13 +94,10 @@ def train(args: argparse.Namespace, rate: float, run: str, seed: int) -> float:
         seed: ``seed_everything`` value.
 
     Returns:
-        Wall-clock seconds of the training process.
-
-    Raises:
-        RuntimeError: If the CLI exits with an error.
+        The argument list.
     """
     save_dir = run_dir(args.out, rate, run, seed)
-    cmd = [sys.executable, "-m", "mmembed", "fit", "-c", CONFIG,
+    return [sys.executable, "-m", "mmembed", "fit", *config_args(args),
            f"--seed_everything={seed}",
            f"--data.init_args.caption_noise.init_args.rate={rate}",
            f"--model.init_args.gmm={'strict' if rate > 0.4 else 'light'}",
@@ -86,23 +105,62 @@ def train(args: argparse.Namespace, rate: float, run: str, seed: int) -> float:
            f"--trainer.max_epochs={args.epochs}", "--trainer.check_val_every_n_epoch=1",
            "--trainer.enable_progress_bar=false", f"--trainer.logger.init_args.save_dir={save_dir}",
            *RUNS[run], *args.extra]
-    start = time.perf_counter()
-    with open(os.path.join(save_dir, "fit.log"), "w") as log:
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT)
-    if proc.returncode:
-        raise RuntimeError(f"run failed ({proc.returncode}); see {save_dir}/fit.log: {' '.join(cmd)}")
-    return time.perf_counter() - start
 
 
-def read_run(save_dir: str) -> dict[str, float]:
+def train_all(args: argparse.Namespace, todo: list[tuple[float, str, int]]) -> None:
+    """Trains the given runs, ``args.jobs`` at a time, writing each run's ``done`` file.
+
+    Args:
+        args: The study options.
+        todo: (rate, run, seed) triples to train.
+
+    Raises:
+        RuntimeError: If a training exits with an error (the others are still awaited).
+    """
+    threads = max(1, (os.cpu_count() or 1) // max(1, args.jobs))
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    pending, running, failed = list(todo), [], []
+    while pending or running:
+        while pending and len(running) < max(1, args.jobs):
+            rate, run, seed = pending.pop(0)
+            save_dir = run_dir(args.out, rate, run, seed)
+            os.makedirs(save_dir, exist_ok=True)
+            cmd = command(args, rate, run, seed)
+            log = open(os.path.join(save_dir, "fit.log"), "w")  # noqa: SIM115 (closed when the run ends)
+            print(f"training noise={rate:g} run={run} seed={seed} ...", flush=True)
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+            running.append((proc, log, save_dir, cmd, time.perf_counter()))
+        time.sleep(0.5)
+        for item in [r for r in running if r[0].poll() is not None]:
+            proc, log, save_dir, cmd, start = item
+            running.remove(item)
+            log.close()
+            if proc.returncode:
+                failed.append(f"{save_dir}/fit.log: {' '.join(cmd)}")
+                print(f"  FAILED ({proc.returncode}): see {save_dir}/fit.log", flush=True)
+                continue
+            seconds = time.perf_counter() - start
+            with open(os.path.join(save_dir, "done"), "w") as f:
+                f.write(f"{seconds:.1f}\n")
+            print(f"  {save_dir}: done in {seconds:.0f} s", flush=True)
+    if failed:
+        raise RuntimeError("runs failed:\n" + "\n".join(failed))
+
+
+HISTORY = ("val/t2i_r1", "val/t2i_map", "val/t2i_bge_r1", "val/t2i_tse_r1", "train/ccd_precision",
+           "train/ccd_recall", "train/cos_clean", "train/cos_noisy", "train/cos_neg", "train/cos_neg_std")
+
+
+def read_run(save_dir: str) -> dict:
     """Reads the latest version's TensorBoard events of one run.
 
     Args:
         save_dir: The logger save_dir of the run.
 
     Returns:
-        best / last ``val/t2i_r1`` and ``val/t2i_map``, last CCD precision / recall (NaN when
-        absent) and mean ``ccd_seconds`` / ``epoch_seconds``.
+        best / last ``val/t2i_r1`` and ``val/t2i_map``; last-epoch CCD precision / recall and
+        BGE cosine statistics (NaN when absent); mean ``ccd_seconds`` / ``epoch_seconds``; and
+        ``history``, the per-epoch values of every tag in ``HISTORY`` that was logged.
     """
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -117,13 +175,20 @@ def read_run(save_dir: str) -> dict[str, float]:
 
     r1, mp = values("val/t2i_r1"), values("val/t2i_map")
     nan = float("nan")
-    last = lambda v: v[-1] if v else nan  # noqa: E731
-    mean = lambda v: float(np.mean(v)) if v else nan  # noqa: E731
-    return {"best_r1": max(r1), "last_r1": r1[-1], "best_map": max(mp), "last_map": mp[-1],
-            "ccd_precision": last(values("train/ccd_precision")),
-            "ccd_recall": last(values("train/ccd_recall")),
-            "ccd_seconds": mean(values("train/ccd_seconds")),
-            "epoch_seconds": mean(values("train/epoch_seconds"))}
+
+    def last(v: list[float]) -> float:
+        return v[-1] if v else nan
+
+    def mean(v: list[float]) -> float:
+        return float(np.mean(v)) if v else nan
+
+    out = {"best_r1": max(r1), "last_r1": r1[-1], "best_map": max(mp), "last_map": mp[-1],
+           "ccd_seconds": mean(values("train/ccd_seconds")),
+           "epoch_seconds": mean(values("train/epoch_seconds"))}
+    for tag in HISTORY[4:]:
+        out[tag.split("/", 1)[1]] = last(values(tag))
+    out["history"] = {tag: values(tag) for tag in HISTORY if tag in tags}
+    return out
 
 
 def fmt(xs: list[float], scale: float = 1.0) -> str:
@@ -134,7 +199,7 @@ def fmt(xs: list[float], scale: float = 1.0) -> str:
 
 
 def summarise(args: argparse.Namespace, results: dict) -> str:
-    """Writes ``results.md`` and ``study.png``.
+    """Writes ``results.md``, ``results.json``, ``study.png`` and ``curves.png``.
 
     Args:
         args: The study options.
@@ -143,19 +208,25 @@ def summarise(args: argparse.Namespace, results: dict) -> str:
     Returns:
         The markdown table.
     """
-    lines = ["| noise | run | best R@1 | last R@1 | best mAP | last mAP | CCD precision | CCD recall "
-             "| CCD / epoch time |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [("| noise | run | best R@1 | last R@1 | best mAP | last mAP | CCD precision | CCD recall "
+              "| cos clean | cos noisy | cos neg (std) | CCD / epoch time |"), "|---" * 12 + "|"]
     for (rate, run), rs in results.items():
-        col = lambda k: [r[k] for r in rs]  # noqa: E731
+        def col(k: str, rs: list[dict] = rs) -> list[float]:
+            return [r[k] for r in rs]
+
         ratio = [r["ccd_seconds"] / r["epoch_seconds"] for r in rs]
         lines.append(f"| {rate:g} | {run} | {fmt(col('best_r1'))} | {fmt(col('last_r1'))} | "
                      f"{fmt(col('best_map'))} | {fmt(col('last_map'))} | {fmt(col('ccd_precision'))} | "
-                     f"{fmt(col('ccd_recall'))} | {fmt(ratio, 100).replace(' ±', '% ±')} |")
+                     f"{fmt(col('ccd_recall'))} | {fmt(col('cos_clean'))} | {fmt(col('cos_noisy'))} | "
+                     f"{fmt(col('cos_neg'))} ({fmt(col('cos_neg_std'))}) | "
+                     f"{fmt(ratio, 100).replace(' ±', '% ±')} |")
     table = "\n".join(lines)
-    header = (f"# RDE noise study\n\nepochs={args.epochs}, seeds={args.seeds}, extra={args.extra}. "
-              "Metrics on SynthPedes' held-out val identities (R@1 / mAP in %, as logged), "
-              "mean ± std over seeds; CCD precision / recall of the last epoch's labels against "
-              "the ground-truth clean flags; CCD / epoch time = mean ccd_seconds / epoch_seconds.\n\n")
+    header = (f"# RDE noise study\n\nepochs={args.epochs}, seeds={args.seeds}, gpu={args.gpu}, "
+              f"extra={args.extra}. Metrics on SynthPedes' held-out val identities (R@1 / mAP in %, "
+              "as logged), mean ± std over seeds. CCD precision / recall: the last epoch's labels "
+              "against the ground-truth clean flags. cos clean / noisy: mean BGE cosine of the truly "
+              "clean / noisy training pairs in the last epoch; cos neg: mean (std) over different-"
+              "identity pairs in a batch. CCD / epoch time = mean ccd_seconds / epoch_seconds.\n\n")
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write(header + table + "\n")
     with open(os.path.join(args.out, "results.json"), "w") as f:
@@ -163,6 +234,13 @@ def summarise(args: argparse.Namespace, results: dict) -> str:
 
     import matplotlib
     matplotlib.use("Agg")
+    plot_bars(args, results)
+    plot_curves(args, results)
+    return table
+
+
+def plot_bars(args: argparse.Namespace, results: dict) -> None:
+    """``study.png``: best (solid) and last (hatched) val R@1 per run and noise rate."""
     import matplotlib.pyplot as plt
 
     rates = sorted({rate for rate, _ in results})
@@ -181,36 +259,86 @@ def summarise(args: argparse.Namespace, results: dict) -> str:
                     ss.append(np.std(vals))
             ax.bar(xs, ms, width, yerr=ss, capsize=2, color=colour if hatch is None else "white",
                    edgecolor=colour, hatch=hatch, label=f"{run} ({'best' if hatch is None else 'last'})")
-    lows = [np.mean([r["last_r1"] for r in rs]) - np.std([r["last_r1"] for r in rs]) for rs in results.values()]
-    highs = [np.mean([r["best_r1"] for r in rs]) + np.std([r["best_r1"] for r in rs]) for rs in results.values()]
-    ax.set_ylim(max(0.0, np.floor(min(lows)) - 2), np.ceil(max(highs)) + 3)  # zoom: gaps are small
     ax.set_xticks(range(len(rates)), [f"noise {r:g}" for r in rates])
-    ax.set_ylabel("val t2i R@1 (%), y axis zoomed")
+    ax.set_ylabel("val t2i R@1 (%)")
     ax.set_title(f"RDE on SynthPedes: best (solid) / last (hatched) R@1, mean ± std over seeds {args.seeds}")
-    ax.legend(ncol=4, fontsize=7, loc="upper right")
+    ax.legend(ncol=4, fontsize=7, loc="lower left")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(os.path.join(args.out, "study.png"), dpi=120)
     plt.close(fig)
-    return table
+
+
+def plot_curves(args: argparse.Namespace, results: dict) -> None:
+    """``curves.png``: per epoch, one row per noise rate, of val R@1, the BGE cosines of clean
+    (solid) and noisy (dashed) training pairs, and CCD's clean-label precision (seed means)."""
+    import matplotlib.pyplot as plt
+
+    rates = sorted({rate for rate, _ in results})
+    runs = [r for r in RUNS if any(run == r for _, run in results)]
+    fig, axes = plt.subplots(len(rates), 3, figsize=(13, 3.2 * len(rates)), squeeze=False)
+
+    def seed_mean(rs: list[dict], tag: str) -> np.ndarray:
+        hs = [r["history"].get(tag, []) for r in rs]
+        n = min(len(h) for h in hs)
+        return np.mean([h[:n] for h in hs], axis=0) if n else np.zeros(0)
+
+    for row, rate in enumerate(rates):
+        ax_r1, ax_cos, ax_ccd = axes[row]
+        for i, run in enumerate(runs):
+            rs = results.get((rate, run))
+            if not rs:
+                continue
+            r1 = seed_mean(rs, "val/t2i_r1")
+            ax_r1.plot(np.arange(1, len(r1) + 1), r1, f"C{i}-o", ms=3, label=run)
+            for tag, style in (("train/cos_clean", "-"), ("train/cos_noisy", "--"), ("train/cos_neg", ":")):
+                v = seed_mean(rs, tag)
+                ax_cos.plot(np.arange(1, len(v) + 1), v, f"C{i}{style}",
+                            label=run if style == "-" else None)
+            p = seed_mean(rs, "train/ccd_precision")
+            if p.size:
+                ax_ccd.plot(np.arange(1, len(p) + 1), p, f"C{i}-o", ms=3, label=f"{run} precision")
+                rc = seed_mean(rs, "train/ccd_recall")
+                ax_ccd.plot(np.arange(1, len(rc) + 1), rc, f"C{i}--", label=f"{run} recall")
+        if rate > 0:
+            ax_ccd.axhline(1 - rate, color="grey", lw=1, ls=":", label="1 - noise rate")
+        ax_r1.set_ylabel(f"noise {rate:g}\nval R@1 (%)")
+        ax_cos.set_ylabel("BGE cosine")
+        ax_ccd.set_ylabel("CCD clean labels")
+        ax_ccd.set_ylim(0, 1.02)
+        for ax in (ax_r1, ax_cos, ax_ccd):
+            ax.set_xlabel("epoch")
+            ax.grid(alpha=0.3)
+        if row == 0:
+            ax_r1.set_title("val R@1")
+            ax_cos.set_title("train pairs: clean (solid), noisy (dashed), negatives (dotted)")
+            ax_cos.legend(fontsize=7)
+            ax_r1.legend(fontsize=7)
+        if ax_ccd.lines:
+            ax_ccd.legend(fontsize=7)
+    fig.suptitle(f"RDE on SynthPedes, per epoch (mean over seeds {args.seeds})")
+    fig.tight_layout()
+    fig.savefig(os.path.join(args.out, "curves.png"), dpi=110)
+    plt.close(fig)
 
 
 def main() -> None:
     """Runs the study (resumable) and prints the results table."""
     args = parse_args()
+    # seed-major, so that a study stopped early (a time limit) has complete seeds
+    # (the oracle at rate 0 trusts every pair: the same run as tal_no_ccd, so it is skipped)
+    grid = [(rate, run, seed) for seed in args.seeds for rate in args.rates for run in args.runs
+            if not (rate == 0 and run == "oracle" and "tal_no_ccd" in args.runs)]
+    todo = [g for g in grid if args.force or not os.path.exists(os.path.join(run_dir(args.out, *g), "done"))]
+    if todo and not args.summarise_only:
+        prepare_world(args)
+        train_all(args, todo)
     results: dict = {}
-    for rate in args.rates:
-        for run in args.runs:
-            for seed in args.seeds:
-                save_dir = run_dir(args.out, rate, run, seed)
-                done = os.path.join(save_dir, "done")
-                if args.force or not os.path.exists(done):
-                    os.makedirs(save_dir, exist_ok=True)
-                    print(f"training noise={rate:g} run={run} seed={seed} ...", flush=True)
-                    seconds = train(args, rate, run, seed)
-                    open(done, "w").write(f"{seconds:.1f}\n")
-                    print(f"  done in {seconds:.0f} s", flush=True)
-                results.setdefault((rate, run), []).append(read_run(save_dir))
+    for rate, run, seed in sorted(grid, key=lambda g: (args.rates.index(g[0]), args.runs.index(g[1]), g[2])):
+        if os.path.exists(os.path.join(run_dir(args.out, rate, run, seed), "done")):
+            results.setdefault((rate, run), []).append(read_run(run_dir(args.out, rate, run, seed)))
+    if not results:
+        raise SystemExit(f"no finished runs under {args.out}")
     print(summarise(args, results))
 
 

@@ -73,6 +73,26 @@ def test_main_view_scores_mean_of_bge_and_tse():
     torch.testing.assert_close(main, expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("use_tse", [True, False])
+def test_grouped_ccd_losses_equal_per_batch_losses(use_tse):
+    # CCD encodes several training-sized batches per forward; in eval mode every pair's loss must
+    # equal the loss computed on its own training-sized batch (negatives from that batch only).
+    model = RDEModule(tiny_encoder(), tse_dim=32, use_tse=use_tse, text_aug_p=0.0).eval()
+    g = torch.Generator().manual_seed(0)
+    n, group = 10, 4  # the last group is short, as at the end of an epoch
+    batch = {"image": torch.randn(n, 3, 32, 16, generator=g),
+             "text": model.processor.tokenizer([f"person {i} wearing {'red' if i % 3 else 'blue'}" for i in range(n)]),
+             "label": torch.tensor([0, 1, 0, 2, 3, 3, 4, 5, 5, 6])}
+    with torch.no_grad():
+        lb, lt, _ = model._losses(batch, group=group)
+        parts = [model._losses({k: v[s:s + group] for k, v in batch.items()}) for s in range(0, n, group)]
+    torch.testing.assert_close(lb, torch.cat([p[0] for p in parts]), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(lt, torch.cat([p[1] for p in parts]), rtol=1e-5, atol=1e-6)
+    assert lb.shape == (n,) and (lb > 0).any()
+    with pytest.raises(ValueError, match="ccd_forward_batches"):
+        RDEModule(tiny_encoder(), ccd_forward_batches=0)
+
+
 def test_caption_noise_generators(tmp_path):
     shuffle = CaptionShuffle(0.5, seed=1)
     assert np.array_equal(shuffle(100), noise_index(100, 0.5, 1))

@@ -55,6 +55,10 @@ class RDEModule(EmbeddingModule):
         oracle_labels: Weight samples by the ground-truth clean flags of the training set
             instead of CCD (an oracle for studies; noisy pairs still serve as negatives).
         ccd_warmup_epochs: Epochs trained on all samples before CCD starts (the paper: 0).
+        ccd_forward_batches: Training-sized batches encoded per forward of the CCD pass. Each
+            sample's loss still sees the negatives of its own training-sized group (the
+            encoders are in eval mode, so embeddings do not depend on the forward size); larger
+            forwards only amortise per-call overhead. 1 reproduces the reference's loop.
         gmm: GMM preset: ``light`` (max_iter 10, tol 1e-2, reg 5e-4) or ``strict``
             (100, 1e-4, 1e-6). The reference picks ``strict`` from the true noise rate
             (> 0.4) or for RSTPReid; here the config chooses.
@@ -83,6 +87,7 @@ class RDEModule(EmbeddingModule):
         use_ccd: bool = True,
         oracle_labels: bool = False,
         ccd_warmup_epochs: int = 0,
+        ccd_forward_batches: int = 4,
         gmm: Literal["light", "strict"] = "light",
         gmm_seed: int | None = None,
         bn_train_mode: bool = False,
@@ -102,9 +107,12 @@ class RDEModule(EmbeddingModule):
             encoder, None, optimizer, lr_scheduler, lr_scheduler_interval, True, ks, eval_chunk_size,
             plot_queries, plot_top_k, export_encoder,
         )
+        if ccd_forward_batches < 1:
+            raise ValueError(f"ccd_forward_batches must be >= 1, got {ccd_forward_batches}")
         self.tse = TokenSelectionEmbedding(encoder.embed_dim, tse_dim, select_ratio) if use_tse else None
         self.register_buffer("ccd_labels", torch.ones(0), persistent=False)  # (N,) set by CCD each epoch
         self._epoch_start, self._train_seconds = 0.0, None
+        self._clean_flags: Tensor | None = None  # ground-truth flags of the training set (logging)
 
     # ----------------------------------------------------------------- scoring
     def _per_sample(self, sim: Tensor, pids: Tensor) -> Tensor:
@@ -131,19 +139,36 @@ class RDEModule(EmbeddingModule):
         txt_t = F.normalize(self.tse.encode_text(txt, ids).float(), dim=-1)  # (B, T)
         return img_b, txt_b, img_t, txt_t
 
-    def _losses(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
-        """Per-sample BGE and TSE losses (TSE zeros when disabled). Shapes: (B,), (B,)."""
+    def _losses(self, batch: dict[str, Any], group: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-sample BGE and TSE losses (TSE zeros when disabled) and the BGE text x image cosines.
+
+        Args:
+            batch: A training batch (``image``, ``text``, ``label``).
+            group: Score the batch as consecutive groups of this many pairs (in-batch negatives
+                come from the own group only), so one large forward gives the losses of several
+                training-sized batches; None: the whole batch is one group.
+
+        Shapes:
+            -> (B,), (B,), (G, G) for the last group of G pairs.
+        """
         ids = batch["text"]
         if self.hparams.text_aug_p > 0:
             ids = augment_tokens(ids, self.hparams.text_aug_p, mask_id=MASK_ID)
         img_b, txt_b, img_t, txt_t = self._dual_embeddings(batch["image"], ids)
         pids = batch["label"]
-        loss_b = self._per_sample(txt_b @ img_b.T, pids)  # text x image cosines
-        loss_t = self._per_sample(txt_t @ img_t.T, pids) if img_t is not None else torch.zeros_like(loss_b)
-        return loss_b, loss_t
+        n = int(pids.shape[0])
+        group = n if group is None else group
+        loss_b, loss_t = [], []
+        for s in range(0, n, group):
+            g = slice(s, s + group)
+            sim_b = txt_b[g] @ img_b[g].T  # text x image cosines
+            loss_b.append(self._per_sample(sim_b, pids[g]))
+            loss_t.append(self._per_sample(txt_t[g] @ img_t[g].T, pids[g]) if img_t is not None
+                          else torch.zeros_like(loss_b[-1]))
+        return torch.cat(loss_b), torch.cat(loss_t), sim_b
 
     def compute_loss(self, batch: dict[str, Any]) -> dict[str, Tensor]:
-        loss_b, loss_t = self._losses(batch)
+        loss_b, loss_t, sim_b = self._losses(batch)
         weights = None
         if self.ccd_labels.numel():
             weights = self.ccd_labels[batch["index"]].to(loss_b.dtype)  # (B,) consensus labels
@@ -151,7 +176,32 @@ class RDEModule(EmbeddingModule):
         out = {"loss": loss, "loss_bge": loss_b.detach().mean(), "loss_tse": loss_t.detach().mean()}
         if weights is not None:
             out["clean_fraction"] = weights.mean()
+        self._log_cosines(sim_b.detach(), batch)
         return out
+
+    def _log_cosines(self, sim: Tensor, batch: dict[str, Any]) -> None:
+        """Epoch means of the BGE cosines: annotated pairs (split into truly clean / noisy
+        when the data has ground-truth flags) and different-identity negatives (mean and
+        std), the signals of memorisation (noisy pairs pulled up) and collapse (negatives
+        to 1, spread to 0). Shapes: sim (B, B)."""
+        if self._clean_flags is None:
+            loader = self.trainer.train_dataloader if self._trainer is not None else None
+            clean = getattr(getattr(loader, "dataset", None), "clean", None)
+            self._clean_flags = torch.as_tensor(np.asarray(clean if clean is not None else []), dtype=torch.bool)
+        pids, bs = batch["label"], int(sim.shape[0])
+        diag = sim.diagonal().float()
+        neg = sim[pids[:, None] != pids[None, :]].float()
+        stats = {"cos_pair": diag.mean()}
+        if neg.numel() > 1:
+            stats.update(cos_neg=neg.mean(), cos_neg_std=neg.std())
+        if self._clean_flags.numel():
+            flags = self._clean_flags[batch["index"].cpu()].to(sim.device)
+            for name, mask in (("cos_clean", flags), ("cos_noisy", ~flags)):
+                if mask.any():  # weighted by the pairs present, so the epoch mean is per pair
+                    self.log(f"train/{name}", diag[mask].mean(), on_step=False, on_epoch=True,
+                             batch_size=int(mask.sum()))
+        for name, value in stats.items():
+            self.log(f"train/{name}", value, on_step=False, on_epoch=True, batch_size=bs)
 
     def encode_query_batch(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         txt = self.encoder.encode_text(batch["text"], return_tokens=self.tse is not None,
@@ -189,6 +239,7 @@ class RDEModule(EmbeddingModule):
         elif self.ccd_labels.numel():
             self.ccd_labels = torch.ones(0, device=self.device)
         self._epoch_start, self._train_seconds = time.perf_counter(), None
+        self._clean_flags = None  # re-read: the training set may have been rebuilt
         # the reference trained in eval mode (BatchNorm as a fixed affine); set it explicitly
         # every epoch because Lightning restores modes around validation
         self.train(h.bn_train_mode)
@@ -200,6 +251,7 @@ class RDEModule(EmbeddingModule):
         Returns:
             Precision / recall of the consensus labels against the ground-truth clean flags.
         """
+        group = self.trainer.train_dataloader.batch_size
         loader = self._ccd_loader(self.trainer.train_dataloader)
         was_training = self.training
         self.eval()
@@ -207,7 +259,7 @@ class RDEModule(EmbeddingModule):
         with torch.inference_mode(), self.trainer.precision_plugin.forward_context():
             for batch in loader:
                 batch = move_data_to_device(batch, self.device)
-                loss_b, loss_t = self._losses(batch)
+                loss_b, loss_t, _ = self._losses(batch, group=group)
                 idx.append(batch["index"])
                 lb.append(loss_b.float())
                 lt.append(loss_t.float())
@@ -256,7 +308,8 @@ class RDEModule(EmbeddingModule):
             world = self.trainer.world_size
             sampler = (DistributedSampler(dataset, world, self.global_rank, shuffle=True)
                        if world > 1 else RandomSampler(dataset))
-            cached = DataLoader(dataset, batch_size=train_loader.batch_size, sampler=sampler,
+            batch = train_loader.batch_size * self.hparams.ccd_forward_batches
+            cached = DataLoader(dataset, batch_size=batch, sampler=sampler,
                                 num_workers=train_loader.num_workers, collate_fn=train_loader.collate_fn,
                                 pin_memory=train_loader.pin_memory,
                                 persistent_workers=train_loader.num_workers > 0)
