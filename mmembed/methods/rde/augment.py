@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-MASK_ID = 49405  # CLIP BPE: the last merge is repurposed as <|mask|>
-FIRST_SPECIAL_ID = 49405  # ids >= this are <|mask|>, SOT and EOT
+from mmembed.nn.mlm import FIRST_SPECIAL_ID, MASK_ID
+
+__all__ = ["FIRST_SPECIAL_ID", "MASK_ID", "augment_tokens"]
 
 
 def augment_tokens(

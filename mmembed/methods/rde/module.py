@@ -249,7 +249,9 @@ class RDEModule(EmbeddingModule):
         """Confident Consensus Division over the training loader.
 
         Returns:
-            Precision / recall of the consensus labels against the ground-truth clean flags.
+            The share of pairs labelled clean, the agreement of the BGE and TSE divisions and,
+            when the training set has ground-truth clean flags, the precision / recall of the
+            consensus labels and of each embedding's division.
         """
         group = self.trainer.train_dataloader.batch_size
         loader = self._ccd_loader(self.trainer.train_dataloader)
@@ -265,22 +267,29 @@ class RDEModule(EmbeddingModule):
                 lt.append(loss_t.float())
         index, loss_b, loss_t = gather_for_eval(torch.cat(idx), torch.cat(lb), torch.cat(lt))
         n = len(loader.dataset)
-        labels = torch.ones(n, device=self.device)
+        labels = torch.ones(3, n, device=self.device)  # consensus, BGE division, TSE division
         if self.trainer.is_global_zero:
             preset = ccd_lib.GMM_STRICT if self.hparams.gmm == "strict" else ccd_lib.GMM_LIGHT
             settings = ccd_lib.GMMSettings(**{**preset.__dict__, "seed": self.hparams.gmm_seed})
             loss_tse = loss_t if self.tse is not None else loss_b  # BGE-only: consensus of BGE with itself
             rng = np.random.default_rng(int(self.current_epoch) + 1_000_003 * int(self.hparams.gmm_seed or 0))
             result = ccd_lib.confident_consensus_division(loss_b.cpu(), loss_tse.cpu(), settings, rng)
-            labels[index] = torch.as_tensor(result.labels, device=self.device, dtype=labels.dtype)
+            divisions = np.stack([result.labels, result.pred_bge, result.pred_tse]).astype(np.float32)
+            labels[:, index] = torch.as_tensor(divisions, device=self.device)
         labels = self.trainer.strategy.broadcast(labels, src=0)
-        self.ccd_labels = labels.clone()  # out of inference mode
+        self.ccd_labels = labels[0].clone()  # out of inference mode
         self.train(was_training)
-        stats: dict[str, float] = {"ccd_clean_fraction": float(labels.mean())}
+        divisions = labels.cpu().numpy() > 0.5
+        stats: dict[str, float] = {"ccd_clean_fraction": float(divisions[0].mean()),
+                                   "ccd_agreement": float((divisions[1] == divisions[2]).mean())}
         clean = getattr(loader.dataset, "clean", None)
         if clean is not None:
-            pr = ccd_lib.label_precision_recall(labels.cpu().numpy(), np.asarray(clean))
+            pr = ccd_lib.label_precision_recall(divisions[0], np.asarray(clean))
             stats.update({"ccd_precision": pr["precision"], "ccd_recall": pr["recall"]})
+            if self.tse is not None:  # each embedding's own division, before the consensus
+                for name, pred in (("bge", divisions[1]), ("tse", divisions[2])):
+                    pr = ccd_lib.label_precision_recall(pred, np.asarray(clean))
+                    stats.update({f"ccd_{name}_precision": pr["precision"], f"ccd_{name}_recall": pr["recall"]})
         for name, value in stats.items():
             self.log(f"train/{name}", value, on_step=False, on_epoch=True, sync_dist=False)
         return stats

@@ -1,0 +1,117 @@
+"""Masked language modelling pieces on CLIP BPE ids: BERT-style token masking and a cross-modal
+MLM head (text tokens attend to image tokens, then a small transformer predicts the masked ids).
+
+References:
+    Devlin et al., "BERT", NAACL 2019 (the 80/10/10 masking rule); Jiang and Ye, "Cross-Modal
+    Implicit Relation Reasoning and Aligning for Text-to-Image Person Retrieval" (IRRA),
+    CVPR 2023, https://arxiv.org/abs/2303.12501, Sec. 3.3 (implicit relation reasoning).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+MASK_ID = 49405  # CLIP BPE: the last merge is repurposed as <|mask|>
+FIRST_SPECIAL_ID = 49405  # ids >= this are <|mask|>, SOT and EOT
+IGNORE_INDEX = 0  # label of positions that are not predicted (0 is padding in CLIP ids)
+
+
+def mlm_mask(
+    ids: Tensor,
+    prob: float = 0.15,
+    mask_id: int = MASK_ID,
+    vocab_max: int = 49404,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Select word tokens for masked language modelling (BERT's 80/10/10 rule).
+
+    Each word token (``0 < id < 49405``; never padding, SOT, EOT or ``<|mask|>``) is selected
+    with probability ``prob``. A selected token becomes ``mask_id`` with probability 0.8, a
+    random id in ``[1, vocab_max]`` with 0.1, and stays unchanged with 0.1. A caption with
+    word tokens but none selected gets its first word token selected and masked, so every
+    such caption contributes a target.
+
+    Args:
+        ids: Token ids (SOT ... EOT, zero padded).
+        prob: Selection probability of a word token.
+        mask_id: Id written for a masked token.
+        vocab_max: Largest random replacement id.
+        generator: Optional torch generator (on the device of ``ids``).
+
+    Returns:
+        ``(masked_ids, labels)``: the input with selected tokens altered, and the original id at
+        selected positions, ``IGNORE_INDEX`` (0) elsewhere.
+
+    Shapes:
+        ids: (B, L) -> (B, L), (B, L).
+    """
+    if not 0.0 < prob <= 1.0:
+        raise ValueError(f"prob must be in (0, 1], got {prob}")
+    word = (ids > 0) & (ids < FIRST_SPECIAL_ID)  # (B, L)
+    u = torch.rand(ids.shape, generator=generator, device=ids.device)
+    kind = torch.rand(ids.shape, generator=generator, device=ids.device)
+    selected = word & (u < prob)
+    # captions with words but no selection: select (and mask) the first word token
+    empty = word.any(1) & ~selected.any(1)  # (B,)
+    first = torch.argmax(word.to(torch.int8), dim=1)  # (B,) first word position
+    forced = torch.zeros_like(selected)
+    forced[empty, first[empty]] = True
+    selected |= forced
+    kind = torch.where(forced, torch.zeros_like(kind), kind)  # forced ones are masked
+    out = ids.clone()
+    out[selected & (kind < 0.8)] = mask_id
+    rand_ids = torch.randint(1, vocab_max + 1, ids.shape, generator=generator, device=ids.device)
+    replace = selected & (kind >= 0.8) & (kind < 0.9)
+    out[replace] = rand_ids[replace].to(ids.dtype)
+    labels = torch.where(selected, ids, torch.full_like(ids, IGNORE_INDEX))
+    return out, labels
+
+
+class CrossModalMLMHead(nn.Module):
+    """Predict masked caption tokens from the caption's tokens and the image's tokens.
+
+    ``x = CrossAttn(LN_t(text), LN_i(image), LN_i(image))``, then a non-causal transformer
+    (``depth`` blocks, ``width / 64`` heads, QuickGELU MLPs), ``LN``, and the head
+    ``Linear -> QuickGELU -> LN -> Linear(vocab)``. Initialisation follows IRRA's reference
+    code (CLIP's scaled normal init for the attention and MLP weights).
+
+    Args:
+        width: Token width (the joint embedding width of the encoder's projected tokens).
+        depth: Transformer blocks after the cross-attention (IRRA: 4).
+        vocab_size: Output vocabulary (CLIP BPE: 49408).
+        heads: Attention heads; ``None`` uses ``max(1, width // 64)`` as IRRA does.
+
+    Shapes:
+        text_tokens: (B, L, D); image_tokens: (B, N, D) -> logits (B, L, V).
+    """
+
+    def __init__(self, width: int, depth: int = 4, vocab_size: int = 49408, heads: int | None = None) -> None:
+        super().__init__()
+        from open_clip.transformer import QuickGELU, Transformer
+
+        heads = heads or max(1, width // 64)
+        if width % heads:
+            raise ValueError(f"width {width} is not divisible by heads {heads}")
+        self.cross_attn = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.cross_transformer = Transformer(width, depth, heads, act_layer=QuickGELU)
+        self.ln_pre_t, self.ln_pre_i, self.ln_post = nn.LayerNorm(width), nn.LayerNorm(width), nn.LayerNorm(width)
+        self.mlm_head = nn.Sequential(nn.Linear(width, width), QuickGELU(), nn.LayerNorm(width),
+                                      nn.Linear(width, vocab_size))
+        scale = width**-0.5
+        proj_std, attn_std, fc_std = scale * (2 * depth) ** -0.5, scale, (2 * width) ** -0.5
+        for block in self.cross_transformer.resblocks:
+            nn.init.normal_(block.attn.in_proj_weight, std=attn_std)
+            nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
+            nn.init.normal_(block.mlp.c_fc.weight, std=fc_std)
+            nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
+        nn.init.normal_(self.cross_attn.in_proj_weight, std=attn_std)
+        nn.init.normal_(self.cross_attn.out_proj.weight, std=proj_std)
+        nn.init.normal_(self.mlm_head[0].weight, std=fc_std)
+        nn.init.normal_(self.mlm_head[3].weight, std=proj_std)
+
+    def forward(self, text_tokens: Tensor, image_tokens: Tensor) -> Tensor:
+        image = self.ln_pre_i(image_tokens)
+        x = self.cross_attn(self.ln_pre_t(text_tokens), image, image, need_weights=False)[0]
+        x = self.ln_post(self.cross_transformer(x))
+        return self.mlm_head(x)
