@@ -1,20 +1,24 @@
 """RDE noise study on the embedded SynthPedes world.
 
-Trains, through the real CLI, four variants of :class:`mmembed.methods.rde.module.RDEModule`
-for every (caption-noise rate, seed) pair and summarises validation R@1 / mAP (SynthPedes'
-held-out *val* identities, not a test split), CCD label precision / recall and CCD overhead:
+Trains, through the real CLI, variants of :class:`mmembed.methods.rde.module.RDEModule` (and
+the IRRA baseline) for every (caption-noise rate, seed) pair and summarises validation R@1 / mAP
+(SynthPedes' held-out *val* identities, not a test split), CCD label quality, the cosine
+statistics of clean / noisy training pairs and CCD overhead:
 
 * ``bge_trl``: BGE only, hardest-negative TRL, no CCD (the collapse-prone baseline).
 * ``tal_no_ccd``: BGE+TSE with TAL, every pair trusted.
 * ``rde``: the full method (TAL + BGE+TSE + CCD).
+* ``rde_bge``: TAL + CCD on BGE alone (the paper's "BGE only" ablation; CCD divides by BGE's loss).
 * ``oracle``: BGE+TSE with TAL trained on the ground-truth clean pairs only.
+* ``irra``: the IRRA baseline (SDM + ID + cross-modal MLM, ``experiments/rde/irra_synth_pedes.yaml``).
 
 The noise permutation stays fixed (``caption_noise.seed`` = 1, as in the reference); only
 ``seed_everything`` varies. The GMM preset follows the reference's rule: ``strict`` when the
 noise rate is above 0.4, else ``light``. The cosine schedule's ``total`` is set to ``--epochs``.
 
-Example:
-    .venv/bin/python scripts/study_rde_noise.py --epochs 3 --extra --data.init_args.num_ids=200
+Examples:
+    .venv/bin/python scripts/study_rde_noise.py --epochs 10 --runs bge_trl tal_no_ccd rde oracle
+    .venv/bin/python scripts/study_rde_noise.py --gpu --jobs 8 --seeds 1 2 3 --extra --data.init_args.workers=16
 """
 
 from __future__ import annotations
@@ -30,12 +34,15 @@ import time
 import numpy as np
 
 CONFIG = "experiments/rde/synth_pedes.yaml"
+IRRA_CONFIG = "experiments/rde/irra_synth_pedes.yaml"  # same world, noise and starting encoder
 RUNS = {
     "bge_trl": ["--model.init_args.use_tse=false", "--model.init_args.objective=trl",
                 "--model.init_args.use_ccd=false"],
     "tal_no_ccd": ["--model.init_args.use_ccd=false"],
     "rde": [],
+    "rde_bge": ["--model.init_args.use_tse=false"],
     "oracle": ["--model.init_args.oracle_labels=true", "--model.init_args.use_ccd=false"],
+    "irra": [],  # IRRA_CONFIG: SDM + ID + MLM, no noise handling
 }
 
 
@@ -46,7 +53,7 @@ def parse_args() -> argparse.Namespace:
         The parsed options.
     """
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--epochs", type=int, default=3, help="trainer.max_epochs (and the schedule length)")
+    p.add_argument("--epochs", type=int, default=10, help="trainer.max_epochs (and the schedule length)")
     p.add_argument("--rates", type=float, nargs="+", default=[0.0, 0.5, 0.8], help="caption noise rates")
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2], help="seed_everything values")
     p.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS), help="variants to train")
@@ -67,9 +74,10 @@ def run_dir(out: str, rate: float, run: str, seed: int) -> str:
     return os.path.join(out, f"{rate:g}", run, f"seed{seed}")
 
 
-def config_args(args: argparse.Namespace) -> list[str]:
-    """The config stack shared by every run: the SynthPedes config (plus the GPU trainer)."""
-    return ["-c", CONFIG, *(["-c", "experiments/base/trainer_gpu.yaml"] if args.gpu else [])]
+def config_args(args: argparse.Namespace, run: str = "rde") -> list[str]:
+    """The config stack of a run: its SynthPedes config (plus the GPU trainer)."""
+    config = IRRA_CONFIG if run == "irra" else CONFIG
+    return ["-c", config, *(["-c", "experiments/base/trainer_gpu.yaml"] if args.gpu else [])]
 
 
 def prepare_world(args: argparse.Namespace) -> None:
@@ -97,10 +105,10 @@ def command(args: argparse.Namespace, rate: float, run: str, seed: int) -> list[
         The argument list.
     """
     save_dir = run_dir(args.out, rate, run, seed)
-    return [sys.executable, "-m", "mmembed", "fit", *config_args(args),
+    gmm = [] if run == "irra" else [f"--model.init_args.gmm={'strict' if rate > 0.4 else 'light'}"]
+    return [sys.executable, "-m", "mmembed", "fit", *config_args(args, run),
            f"--seed_everything={seed}",
-           f"--data.init_args.caption_noise.init_args.rate={rate}",
-           f"--model.init_args.gmm={'strict' if rate > 0.4 else 'light'}",
+           f"--data.init_args.caption_noise.init_args.rate={rate}", *gmm,
            f"--model.init_args.lr_scheduler.init_args.total={args.epochs}",
            f"--trainer.max_epochs={args.epochs}", "--trainer.check_val_every_n_epoch=1",
            "--trainer.enable_progress_bar=false", f"--trainer.logger.init_args.save_dir={save_dir}",
@@ -148,7 +156,8 @@ def train_all(args: argparse.Namespace, todo: list[tuple[float, str, int]]) -> N
 
 
 HISTORY = ("val/t2i_r1", "val/t2i_map", "val/t2i_bge_r1", "val/t2i_tse_r1", "train/ccd_precision",
-           "train/ccd_recall", "train/cos_clean", "train/cos_noisy", "train/cos_neg", "train/cos_neg_std")
+           "train/ccd_recall", "train/cos_clean", "train/cos_noisy", "train/cos_neg", "train/cos_neg_std",
+           "train/ccd_bge_precision", "train/ccd_tse_precision", "train/ccd_agreement")
 
 
 def read_run(save_dir: str) -> dict:
@@ -164,7 +173,7 @@ def read_run(save_dir: str) -> dict:
     """
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    versions = sorted(glob.glob(os.path.join(save_dir, "rde_synth_pedes", "version_*")),
+    versions = sorted(glob.glob(os.path.join(save_dir, "*_synth_pedes", "version_*")),
                       key=lambda v: int(v.rsplit("_", 1)[1]))
     acc = EventAccumulator(versions[-1], size_guidance={"scalars": 0})
     acc.Reload()
@@ -300,6 +309,11 @@ def plot_curves(args: argparse.Namespace, results: dict) -> None:
                 ax_ccd.plot(np.arange(1, len(p) + 1), p, f"C{i}-o", ms=3, label=f"{run} precision")
                 rc = seed_mean(rs, "train/ccd_recall")
                 ax_ccd.plot(np.arange(1, len(rc) + 1), rc, f"C{i}--", label=f"{run} recall")
+                for tag, marker in (("train/ccd_bge_precision", "^"), ("train/ccd_tse_precision", "v")):
+                    v = seed_mean(rs, tag)
+                    if v.size:
+                        ax_ccd.plot(np.arange(1, len(v) + 1), v, f"C{i}:{marker}", ms=3,
+                                    label=f"{run} {tag.split('_')[1].upper()}-only precision")
         if rate > 0:
             ax_ccd.axhline(1 - rate, color="grey", lw=1, ls=":", label="1 - noise rate")
         ax_r1.set_ylabel(f"noise {rate:g}\nval R@1 (%)")
@@ -309,11 +323,11 @@ def plot_curves(args: argparse.Namespace, results: dict) -> None:
         for ax in (ax_r1, ax_cos, ax_ccd):
             ax.set_xlabel("epoch")
             ax.grid(alpha=0.3)
+        ax_r1.legend(fontsize=7)
         if row == 0:
             ax_r1.set_title("val R@1")
             ax_cos.set_title("train pairs: clean (solid), noisy (dashed), negatives (dotted)")
-            ax_cos.legend(fontsize=7)
-            ax_r1.legend(fontsize=7)
+            ax_ccd.set_title("CCD labels vs ground truth")
         if ax_ccd.lines:
             ax_ccd.legend(fontsize=7)
     fig.suptitle(f"RDE on SynthPedes, per epoch (mean over seeds {args.seeds})")
