@@ -51,3 +51,11 @@ def test_resume_mid_training_keeps_schedule_and_ccd(tmp_path):
     lr_resumed = [g["lr"] for g in resumed.trainer.optimizers[0].param_groups]
     assert lr_resumed == lr_straight  # warm-up + cosine continues from the saved epoch
     assert "train/ccd_precision" in resumed.trainer.callback_metrics  # CCD ran again in the resumed epoch
+
+
+def test_bge_only_model_divides_by_bge_alone(tmp_path):
+    cli = main(["fit", "-c", SMOKE, *overrides(tmp_path), "--model.init_args.use_tse=false", "--trainer.max_epochs=1"])
+    metrics = cli.trainer.callback_metrics
+    assert "train/ccd_precision" in metrics and "train/ccd_agreement" not in metrics
+    assert "val/t2i_tse_r1" not in metrics
+    assert set(cli.model.ccd_labels.unique().tolist()) <= {0.0, 1.0}

@@ -202,6 +202,14 @@ def test_confident_consensus_division_end_to_end():
     assert stats["recall"] > 0.98 and stats["precision"] > 0.95
 
 
+def test_bge_only_division_is_one_fit_without_coin_flips():
+    loss, _ = bimodal(2000, 0.5, seed=3)
+    settings = dataclasses.replace(GMM_STRICT, seed=None)  # unseeded: two fits could differ
+    res = confident_consensus_division(loss, None, settings, np.random.default_rng(0))
+    np.testing.assert_array_equal(res.labels, divide(res.p_clean_bge).astype(np.float32))
+    assert res.p_clean_tse is res.p_clean_bge and not res.uncertain.any()
+
+
 # ------------------------------------------------------- precision/recall
 def test_label_precision_recall_hand_counts():
     labels = np.array([1, 1, 1, 0, 0, 1, 0, 0, 0, 1], dtype=np.float32)

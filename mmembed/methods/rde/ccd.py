@@ -234,7 +234,7 @@ class CCDResult:
 
 def confident_consensus_division(
     loss_bge: Tensor | np.ndarray,
-    loss_tse: Tensor | np.ndarray,
+    loss_tse: Tensor | np.ndarray | None,
     settings: GMMSettings,
     rng: torch.Generator | np.random.Generator,
 ) -> CCDResult:
@@ -245,7 +245,9 @@ def confident_consensus_division(
 
     Args:
         loss_bge: Per-sample TAL of the global (BGE) embedding, indexed by dataset index.
-        loss_tse: Per-sample TAL of the token-selection (TSE) embedding, same indexing.
+        loss_tse: Per-sample TAL of the token-selection (TSE) embedding, same indexing. None
+            (a BGE-only model) divides by BGE alone: one GMM fit, whose division is the label
+            (the TSE fields repeat the BGE ones, and no coin is flipped).
         settings: Mixture hyper-parameters, shared by both fits (chosen by config,
             e.g. :data:`GMM_LIGHT` or :data:`GMM_STRICT`).
         rng: Generator for the coin flips of uncertain pairs.
@@ -260,7 +262,7 @@ def confident_consensus_division(
         RDE, Sec. 3.3.1 and Alg. 1.
     """
     p_bge = clean_posterior(minmax(loss_bge), settings)
-    p_tse = clean_posterior(minmax(loss_tse), settings)
+    p_tse = p_bge if loss_tse is None else clean_posterior(minmax(loss_tse), settings)
     if p_bge.shape != p_tse.shape:
         raise ValueError(f"loss vectors differ in length: {p_bge.shape} vs {p_tse.shape}")
     pred_bge, pred_tse = divide(p_bge), divide(p_tse)

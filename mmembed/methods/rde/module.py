@@ -271,17 +271,18 @@ class RDEModule(EmbeddingModule):
         if self.trainer.is_global_zero:
             preset = ccd_lib.GMM_STRICT if self.hparams.gmm == "strict" else ccd_lib.GMM_LIGHT
             settings = ccd_lib.GMMSettings(**{**preset.__dict__, "seed": self.hparams.gmm_seed})
-            loss_tse = loss_t if self.tse is not None else loss_b  # BGE-only: consensus of BGE with itself
+            loss_tse = loss_t.cpu() if self.tse is not None else None  # BGE-only: BGE's own division
             rng = np.random.default_rng(int(self.current_epoch) + 1_000_003 * int(self.hparams.gmm_seed or 0))
-            result = ccd_lib.confident_consensus_division(loss_b.cpu(), loss_tse.cpu(), settings, rng)
+            result = ccd_lib.confident_consensus_division(loss_b.cpu(), loss_tse, settings, rng)
             divisions = np.stack([result.labels, result.pred_bge, result.pred_tse]).astype(np.float32)
             labels[:, index] = torch.as_tensor(divisions, device=self.device)
         labels = self.trainer.strategy.broadcast(labels, src=0)
         self.ccd_labels = labels[0].clone()  # out of inference mode
         self.train(was_training)
         divisions = labels.cpu().numpy() > 0.5
-        stats: dict[str, float] = {"ccd_clean_fraction": float(divisions[0].mean()),
-                                   "ccd_agreement": float((divisions[1] == divisions[2]).mean())}
+        stats: dict[str, float] = {"ccd_clean_fraction": float(divisions[0].mean())}
+        if self.tse is not None:
+            stats["ccd_agreement"] = float((divisions[1] == divisions[2]).mean())
         clean = getattr(loader.dataset, "clean", None)
         if clean is not None:
             pr = ccd_lib.label_precision_recall(divisions[0], np.asarray(clean))
