@@ -22,3 +22,23 @@ def _folder_digest(root: Path) -> str:
 def folder_digest() -> Callable[[Path], str]:
     """Hash of every path and file byte under a folder (to prove a dataset folder was not modified)."""
     return _folder_digest
+
+
+def _tiny_encoder():
+    import torch
+
+    from mmembed.nn.encoders.open_clip import OpenCLIPDualEncoder
+
+    torch.manual_seed(0)
+    return OpenCLIPDualEncoder(model_config={
+        "embed_dim": 16,
+        "vision_cfg": {"image_size": [32, 16], "patch_size": 8, "width": 16, "layers": 1, "head_width": 8},
+        "text_cfg": {"context_length": 12, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1},
+    })
+
+
+@pytest.fixture
+def tiny_encoder() -> Callable[[], object]:
+    """Factory of a tiny open_clip dual encoder (16-d, one block per tower, 32x16 images, 12 tokens),
+    built after ``torch.manual_seed(0)`` so every call gives the same weights."""
+    return _tiny_encoder

@@ -7,19 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from mmembed.methods.irra.module import IRRAModule, id_loss
-from mmembed.nn.encoders.open_clip import OpenCLIPDualEncoder
 from mmembed.nn.mlm import IGNORE_INDEX, MASK_ID, CrossModalMLMHead, mlm_mask
 
 SOT, EOT = 49406, 49407
 
-
-def tiny_encoder():
-    torch.manual_seed(0)
-    return OpenCLIPDualEncoder(model_config={
-        "embed_dim": 16,
-        "vision_cfg": {"image_size": [32, 16], "patch_size": 8, "width": 16, "layers": 1, "head_width": 8},
-        "text_cfg": {"context_length": 12, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1},
-    })
 
 
 def captions(n: int, length: int = 12, words: int = 8, seed: int = 0) -> torch.Tensor:
@@ -74,7 +65,7 @@ def test_id_loss_is_mean_of_the_two_cross_entropies():
     torch.testing.assert_close(id_loss(a, b, pids), expected)
 
 
-def test_parameter_groups_follow_the_reference_rule():
+def test_parameter_groups_follow_the_reference_rule(tiny_encoder):
     model = IRRAModule(tiny_encoder(), num_classes=7, cmt_depth=1,
                        optimizer=lambda p: torch.optim.Adam(p, lr=1e-5, eps=1e-3, weight_decay=4e-5))
     opt = model.configure_optimizers()
@@ -98,7 +89,7 @@ def test_parameter_groups_follow_the_reference_rule():
     assert any("cross" in n for n, _ in named) and any("mlm_head" in n for n, _ in named)
 
 
-def test_losses_backpropagate_and_weights_switch_terms_off():
+def test_losses_backpropagate_and_weights_switch_terms_off(tiny_encoder):
     model = IRRAModule(tiny_encoder(), num_classes=4, cmt_depth=1)
     batch = {"image": torch.randn(6, 3, 32, 16), "text": captions(6, words=6), "label": torch.tensor([0, 1, 2, 3, 0, 1])}
     out = model.compute_loss(batch)

@@ -10,18 +10,9 @@ import torch.nn.functional as F
 from mmembed.methods.rde.augment import MASK_ID, augment_tokens
 from mmembed.methods.rde.module import RDEModule
 from mmembed.methods.rde.noise import CaptionShuffle, NoiseIndexFile, noise_index
-from mmembed.nn.encoders.open_clip import OpenCLIPDualEncoder
 
 SOT, EOT = 49406, 49407
 
-
-def tiny_encoder():
-    torch.manual_seed(0)
-    return OpenCLIPDualEncoder(model_config={
-        "embed_dim": 16,
-        "vision_cfg": {"image_size": [32, 16], "patch_size": 8, "width": 16, "layers": 1, "head_width": 8},
-        "text_cfg": {"context_length": 12, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1},
-    })
 
 
 def test_augment_identity_when_off_and_specials_preserved():
@@ -50,7 +41,7 @@ def test_augment_rates_match_spec():
     assert float(masked) == pytest.approx(0.12, abs=0.006)
 
 
-def test_parameter_groups_follow_the_reference():
+def test_parameter_groups_follow_the_reference(tiny_encoder):
     model = RDEModule(tiny_encoder(), tse_dim=32,
                       optimizer=lambda p: torch.optim.Adam(p, lr=1e-5, eps=1e-3, weight_decay=4e-5))
     opt = model.configure_optimizers()
@@ -60,7 +51,7 @@ def test_parameter_groups_follow_the_reference():
     assert n_params == len([p for p in model.parameters() if p.requires_grad])
 
 
-def test_main_view_scores_mean_of_bge_and_tse():
+def test_main_view_scores_mean_of_bge_and_tse(tiny_encoder):
     model = RDEModule(tiny_encoder(), tse_dim=32).eval()
     proc = model.processor
     texts = ["a man in a red coat", "a woman with a bag", "blue jeans"]
@@ -74,7 +65,7 @@ def test_main_view_scores_mean_of_bge_and_tse():
 
 
 @pytest.mark.parametrize("use_tse", [True, False])
-def test_grouped_ccd_losses_equal_per_batch_losses(use_tse):
+def test_grouped_ccd_losses_equal_per_batch_losses(use_tse, tiny_encoder):
     # CCD encodes several training-sized batches per forward; in eval mode every pair's loss must
     # equal the loss computed on its own training-sized batch (negatives from that batch only).
     model = RDEModule(tiny_encoder(), tse_dim=32, use_tse=use_tse, text_aug_p=0.0).eval()
