@@ -112,7 +112,7 @@ class RDEModule(EmbeddingModule):
         self.tse = TokenSelectionEmbedding(encoder.embed_dim, tse_dim, select_ratio) if use_tse else None
         self.register_buffer("ccd_labels", torch.ones(0), persistent=False)  # (N,) set by CCD each epoch
         self._epoch_start, self._train_seconds = 0.0, None
-        self._clean_flags: Tensor | None = None  # ground-truth flags of the training set (logging)
+        self._clean_flags: np.ndarray | None = None  # ground-truth flags of the training set, set per epoch
 
     # ----------------------------------------------------------------- scoring
     def _per_sample(self, sim: Tensor, pids: Tensor) -> Tensor:
@@ -184,18 +184,14 @@ class RDEModule(EmbeddingModule):
         when the data has ground-truth flags) and different-identity negatives (mean and
         std), the signals of memorisation (noisy pairs pulled up) and collapse (negatives
         to 1, spread to 0). Shapes: sim (B, B)."""
-        if self._clean_flags is None:
-            loader = self.trainer.train_dataloader if self._trainer is not None else None
-            clean = getattr(getattr(loader, "dataset", None), "clean", None)
-            self._clean_flags = torch.as_tensor(np.asarray(clean if clean is not None else []), dtype=torch.bool)
         pids, bs = batch["label"], int(sim.shape[0])
         diag = sim.diagonal().float()
         neg = sim[pids[:, None] != pids[None, :]].float()
         stats = {"cos_pair": diag.mean()}
         if neg.numel() > 1:
             stats.update(cos_neg=neg.mean(), cos_neg_std=neg.std())
-        if self._clean_flags.numel():
-            flags = self._clean_flags[batch["index"].cpu()].to(sim.device)
+        if self._clean_flags is not None:
+            flags = torch.as_tensor(self._clean_flags[batch["index"].cpu().numpy()], device=sim.device)
             for name, mask in (("cos_clean", flags), ("cos_noisy", ~flags)):
                 if mask.any():  # weighted by the pairs present, so the epoch mean is per pair
                     self.log(f"train/{name}", diag[mask].mean(), on_step=False, on_epoch=True,
@@ -227,11 +223,13 @@ class RDEModule(EmbeddingModule):
     # --------------------------------------------------------------------- CCD
     def on_train_epoch_start(self) -> None:
         h = self.hparams
+        # ground-truth flags of the (possibly rebuilt) training set: logging and the oracle only
+        clean = getattr(self.trainer.train_dataloader.dataset, "clean", None)
+        self._clean_flags = None if clean is None else np.asarray(clean, dtype=bool)
         if h.oracle_labels:
-            clean = getattr(self.trainer.train_dataloader.dataset, "clean", None)
-            if clean is None:
+            if self._clean_flags is None:
                 raise ValueError("oracle_labels needs a training set with ground-truth `clean` flags")
-            self.ccd_labels = torch.as_tensor(np.asarray(clean), dtype=torch.float32, device=self.device)
+            self.ccd_labels = torch.as_tensor(self._clean_flags, dtype=torch.float32, device=self.device)
         elif h.use_ccd and self.current_epoch >= h.ccd_warmup_epochs:
             start = time.perf_counter()
             self.run_ccd()
@@ -239,7 +237,6 @@ class RDEModule(EmbeddingModule):
         elif self.ccd_labels.numel():
             self.ccd_labels = torch.ones(0, device=self.device)
         self._epoch_start, self._train_seconds = time.perf_counter(), None
-        self._clean_flags = None  # re-read: the training set may have been rebuilt
         # the reference trained in eval mode (BatchNorm as a fixed affine); set it explicitly
         # every epoch because Lightning restores modes around validation
         self.train(h.bn_train_mode)
@@ -283,13 +280,13 @@ class RDEModule(EmbeddingModule):
         stats: dict[str, float] = {"ccd_clean_fraction": float(divisions[0].mean())}
         if self.tse is not None:
             stats["ccd_agreement"] = float((divisions[1] == divisions[2]).mean())
-        clean = getattr(loader.dataset, "clean", None)
+        clean = self._clean_flags
         if clean is not None:
-            pr = ccd_lib.label_precision_recall(divisions[0], np.asarray(clean))
+            pr = ccd_lib.label_precision_recall(divisions[0], clean)
             stats.update({"ccd_precision": pr["precision"], "ccd_recall": pr["recall"]})
             if self.tse is not None:  # each embedding's own division, before the consensus
                 for name, pred in (("bge", divisions[1]), ("tse", divisions[2])):
-                    pr = ccd_lib.label_precision_recall(pred, np.asarray(clean))
+                    pr = ccd_lib.label_precision_recall(pred, clean)
                     stats.update({f"ccd_{name}_precision": pr["precision"], f"ccd_{name}_recall": pr["recall"]})
         for name, value in stats.items():
             self.log(f"train/{name}", value, on_step=False, on_epoch=True, sync_dist=False)
