@@ -26,9 +26,14 @@ def test_fit_with_ccd_then_test_from_saved_config(tmp_path):
     n_train = len(cli.trainer.train_dataloader.dataset)
     assert cli.trainer.global_step == 2 * (n_train // 8)  # every epoch trained all its batches
     metrics = cli.trainer.callback_metrics
-    for key in ("train/ccd_precision", "train/ccd_recall", "val/t2i_r1", "val/t2i_bge_r1", "val/t2i_tse_r1"):
+    for key in ("train/ccd_precision", "train/ccd_recall", "val/t2i_r1", "val/t2i_bge_r1", "val/t2i_tse_r1",
+                "train/ccd_bge_precision", "train/ccd_tse_precision", "train/ccd_agreement"):
         assert key in metrics, key
-    assert 0.0 <= float(metrics["train/ccd_precision"]) <= 1.0
+    for key in ("train/ccd_precision", "train/ccd_agreement"):
+        assert 0.0 <= float(metrics[key]) <= 1.0
+    for key in ("train/cos_clean", "train/cos_noisy", "train/cos_neg", "train/cos_pair"):  # 50% noise: both kinds
+        assert -1.0 <= float(metrics[key]) <= 1.0, key
+    assert float(metrics["train/cos_neg_std"]) > 0
     labels = cli.model.ccd_labels
     assert labels.numel() == len(cli.trainer.train_dataloader.dataset)
     assert set(labels.unique().tolist()) <= {0.0, 1.0}
