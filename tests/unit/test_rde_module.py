@@ -91,3 +91,22 @@ def test_caption_noise_generators(tmp_path):
     assert np.array_equal(NoiseIndexFile(str(tmp_path / "idx.npy"))(50), noise_index(50, 0.2))
     with pytest.raises(ValueError, match="50 entries"):
         NoiseIndexFile(str(tmp_path / "idx.npy"))(51)
+
+
+def test_cosine_statistics_split_clean_noisy_and_negatives(tiny_encoder):
+    model = RDEModule(tiny_encoder(), tse_dim=32)
+    logged = {}
+    model.log = lambda name, value, **kw: logged.__setitem__(name, (float(value), kw.get("batch_size")))
+    sim = torch.tensor([[0.9, 0.1, 0.2, 0.3],
+                        [0.4, 0.8, 0.5, 0.6],
+                        [0.0, 0.7, 0.2, 0.1],
+                        [0.3, 0.2, 0.6, 0.5]])
+    batch = {"label": torch.tensor([0, 1, 0, 2]), "index": torch.tensor([3, 0, 1, 2])}
+    model._clean_flags = np.array([True, False, True, True])  # by dataset index: rows 1 and 3 are clean
+    model._log_cosines(sim, batch)
+    assert logged["train/cos_pair"] == (pytest.approx((0.9 + 0.8 + 0.2 + 0.5) / 4), 4)
+    assert logged["train/cos_clean"] == (pytest.approx((0.9 + 0.8 + 0.5) / 3), 3)  # indices 3, 0, 2
+    assert logged["train/cos_noisy"] == (pytest.approx(0.2), 1)  # index 1
+    neg = torch.tensor([0.1, 0.3, 0.4, 0.5, 0.6, 0.7, 0.1, 0.3, 0.2, 0.6])  # different-pid entries
+    assert logged["train/cos_neg"][0] == pytest.approx(float(neg.mean()))
+    assert logged["train/cos_neg_std"][0] == pytest.approx(float(neg.std()))
