@@ -110,8 +110,21 @@ class CrossModalMLMHead(nn.Module):
         nn.init.normal_(self.mlm_head[0].weight, std=fc_std)
         nn.init.normal_(self.mlm_head[3].weight, std=proj_std)
 
-    def forward(self, text_tokens: Tensor, image_tokens: Tensor) -> Tensor:
+    def forward(self, text_tokens: Tensor, image_tokens: Tensor, positions: Tensor | None = None) -> Tensor:
+        """Vocabulary logits per text position.
+
+        Args:
+            text_tokens: Projected tokens of the (masked) caption.
+            image_tokens: Projected tokens of the image (CLS and patches).
+            positions: Optional boolean mask of the positions to predict. Every position still
+                attends to all others; only the vocabulary head is restricted, which gives the
+                same logits there at a fraction of the cost (the head is ``D x V``).
+
+        Shapes:
+            text_tokens (B, L, D), image_tokens (B, N, D), positions (B, L) -> (B, L, V), or
+            (M, V) for the M selected positions in row-major order.
+        """
         image = self.ln_pre_i(image_tokens)
         x = self.cross_attn(self.ln_pre_t(text_tokens), image, image, need_weights=False)[0]
         x = self.ln_post(self.cross_transformer(x))
-        return self.mlm_head(x)
+        return self.mlm_head(x if positions is None else x[positions])

@@ -126,3 +126,18 @@ def test_cross_modal_mlm_head_learns_a_tiny_task():
         opt.step()
     acc = (head(text, image)[:, 2].argmax(-1) == labels[:, 2]).float().mean()
     assert loss.item() < 0.1 and acc == 1.0
+
+
+def test_mlm_head_on_selected_positions_equals_full_logits():
+    torch.manual_seed(0)
+    head = CrossModalMLMHead(width=32, depth=1, vocab_size=50, heads=2).eval()
+    text, image = torch.randn(3, 6, 32), torch.randn(3, 5, 32)
+    positions = torch.zeros(3, 6, dtype=torch.bool)
+    positions[0, 1] = positions[1, 2] = positions[1, 4] = positions[2, 5] = True
+    full = head(text, image)
+    torch.testing.assert_close(head(text, image, positions=positions), full[positions])
+    labels = torch.zeros(3, 6, dtype=torch.long)
+    labels[positions] = torch.tensor([3, 7, 9, 1])
+    # the reference's loss: cross-entropy over every position with ignore_index 0
+    reference = F.cross_entropy(full.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
+    torch.testing.assert_close(F.cross_entropy(head(text, image, positions), labels[positions]), reference)

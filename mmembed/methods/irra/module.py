@@ -122,10 +122,14 @@ class IRRAModule(EmbeddingModule):
         if self.mlm is not None:
             mlm_ids, labels = mlm_mask(batch["text"], h.mlm_prob)
             mlm_tokens = self.encoder.encode_text(mlm_ids, return_tokens=True).tokens  # (B, L, D)
-            logits = self.mlm(mlm_tokens, img.tokens).float()  # (B, L, V)
-            out["mlm"] = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
-            target = labels != IGNORE_INDEX
-            out["mlm_acc"] = (logits.argmax(-1)[target] == labels[target]).float().mean()
+            target = labels != IGNORE_INDEX  # (B, L); every caption with words has >= 1 target
+            if not target.any():
+                raise ValueError("MLM needs captions with word tokens; this batch has none (empty captions?)")
+            # the vocabulary head runs on the targets only: the cross-entropy with ignore_index
+            # over all positions (the reference) is the mean over exactly these rows
+            logits = self.mlm(mlm_tokens, img.tokens, positions=target).float()  # (M, V)
+            out["mlm"] = F.cross_entropy(logits, labels[target])
+            out["mlm_acc"] = (logits.argmax(-1) == labels[target]).float().mean()
             loss = loss + h.mlm_weight * out["mlm"]
         out["loss"] = loss
         return {k: (v if k == "loss" else v.detach()) for k, v in out.items()}
