@@ -143,9 +143,11 @@ def train_all(args: argparse.Namespace, todo: list[tuple[float, str, int]]) -> N
             proc, log, save_dir, cmd, start = item
             running.remove(item)
             log.close()
-            if proc.returncode:
+            with open(os.path.join(save_dir, "fit.log")) as f:  # a stopped run can exit 0 (SIGTERM)
+                finished = f"`max_epochs={args.epochs}` reached" in f.read()
+            if proc.returncode or not finished:
                 failed.append(f"{save_dir}/fit.log: {' '.join(cmd)}")
-                print(f"  FAILED ({proc.returncode}): see {save_dir}/fit.log", flush=True)
+                print(f"  FAILED (exit {proc.returncode}, finished={finished}): see {save_dir}/fit.log", flush=True)
                 continue
             seconds = time.perf_counter() - start
             with open(os.path.join(save_dir, "done"), "w") as f:
