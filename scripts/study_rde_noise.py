@@ -199,7 +199,28 @@ def read_run(save_dir: str) -> dict:
     for tag in HISTORY[4:]:
         out[tag.split("/", 1)[1]] = last(values(tag))
     out["history"] = {tag: values(tag) for tag in HISTORY if tag in tags}
+    out["encoder_drift"] = encoder_drift(versions[-1])
     return out
+
+
+def encoder_drift(version_dir: str) -> float:
+    """How far training moved the encoder: ``||theta_end - theta_start|| / ||theta_start||`` over
+    the floating-point weights, from the exported ``open_clip_model.pt`` and the config's
+    ``pretrained`` file (NaN when either is missing)."""
+    import torch
+    import yaml
+
+    end_path = os.path.join(version_dir, "open_clip_model.pt")
+    with open(os.path.join(version_dir, "config.yaml")) as f:
+        start_path = yaml.safe_load(f)["model"]["init_args"]["encoder"]["init_args"].get("pretrained")
+    if not start_path or not os.path.isfile(start_path) or not os.path.isfile(end_path):
+        return float("nan")
+    start = torch.load(start_path, map_location="cpu", weights_only=True)
+    end = torch.load(end_path, map_location="cpu", weights_only=True)
+    keys = [k for k, v in start.items() if v.is_floating_point() and k in end]
+    diff = sum(float(((end[k].float() - start[k].float()) ** 2).sum()) for k in keys)
+    norm = sum(float((start[k].float() ** 2).sum()) for k in keys)
+    return (diff / norm) ** 0.5
 
 
 def fmt(xs: list[float], scale: float = 1.0) -> str:
@@ -220,7 +241,7 @@ def summarise(args: argparse.Namespace, results: dict) -> str:
         The markdown table.
     """
     lines = [("| noise | run | best R@1 | last R@1 | best mAP | last mAP | CCD precision | CCD recall "
-              "| cos clean | cos noisy | cos neg (std) | CCD / epoch time |"), "|---" * 12 + "|"]
+              "| cos clean | cos noisy | cos neg (std) | encoder drift | CCD / epoch time |"), "|---" * 13 + "|"]
     for (rate, run), rs in results.items():
         def col(k: str, rs: list[dict] = rs) -> list[float]:
             return [r[k] for r in rs]
@@ -229,7 +250,7 @@ def summarise(args: argparse.Namespace, results: dict) -> str:
         lines.append(f"| {rate:g} | {run} | {fmt(col('best_r1'))} | {fmt(col('last_r1'))} | "
                      f"{fmt(col('best_map'))} | {fmt(col('last_map'))} | {fmt(col('ccd_precision'))} | "
                      f"{fmt(col('ccd_recall'))} | {fmt(col('cos_clean'))} | {fmt(col('cos_noisy'))} | "
-                     f"{fmt(col('cos_neg'))} ({fmt(col('cos_neg_std'))}) | "
+                     f"{fmt(col('cos_neg'))} ({fmt(col('cos_neg_std'))}) | {fmt([100 * x for x in col('encoder_drift')])}% | "
                      f"{fmt(ratio, 100).replace(' ±', '% ±')} |")
     table = "\n".join(lines)
     header = (f"# RDE noise study\n\nepochs={args.epochs}, seeds={args.seeds}, gpu={args.gpu}, "
@@ -237,7 +258,8 @@ def summarise(args: argparse.Namespace, results: dict) -> str:
               "as logged), mean ± std over seeds. CCD precision / recall: the last epoch's labels "
               "against the ground-truth clean flags. cos clean / noisy: mean BGE cosine of the truly "
               "clean / noisy training pairs in the last epoch; cos neg: mean (std) over different-"
-              "identity pairs in a batch. CCD / epoch time = mean ccd_seconds / epoch_seconds.\n\n")
+              "identity pairs in a batch. Encoder drift: relative L2 distance of the final encoder weights from the "
+              "starting ones, in %. CCD / epoch time = mean ccd_seconds / epoch_seconds.\n\n")
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write(header + table + "\n")
     with open(os.path.join(args.out, "results.json"), "w") as f:
