@@ -22,7 +22,8 @@ def test_top_level_import_is_cheap():
 @pytest.mark.parametrize(
     "module",
     ["mmembed.losses", "mmembed.metrics", "mmembed.distributed", "mmembed.nn.heads",
-     "mmembed.nn.encoders.open_clip", "mmembed.nn.mlm", "mmembed.types", "mmembed.eval.evaluator"],
+     "mmembed.nn.encoders.open_clip", "mmembed.nn.mlm", "mmembed.types", "mmembed.eval.evaluator",
+     "mmembed.eval.zeroshot", "mmembed.data.idx"],
 )
 def test_lower_layers_do_not_import_lightning(module):
     mods = imported_after(f"import {module}")
