@@ -1,10 +1,11 @@
 """Losses: pure functions over embeddings plus thin ``nn.Module`` wrappers."""
 
 from mmembed.losses.contrastive import ClipLoss, InfoNCELoss, clip_loss, info_nce
+from mmembed.losses.progressive import alpha_schedule, progressive_targets, soft_clip_loss
 from mmembed.losses.soft_targets import (
     SoftTargetClipLoss,
     kl_distillation,
-    soft_clip_loss,
+    soft_target_clip_loss,
     soft_target_cross_entropy,
 )
 
@@ -12,9 +13,12 @@ __all__ = [
     "ClipLoss",
     "InfoNCELoss",
     "SoftTargetClipLoss",
+    "alpha_schedule",
     "clip_loss",
     "info_nce",
     "kl_distillation",
+    "progressive_targets",
     "soft_clip_loss",
+    "soft_target_clip_loss",
     "soft_target_cross_entropy",
 ]

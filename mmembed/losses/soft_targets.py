@@ -2,8 +2,9 @@
 
 Soft targets replace the one-hot "diagonal" of the CLIP loss with a row
 distribution, e.g. label smoothing, several positives sharing an identity, or
-teacher similarities. With one-hot targets :func:`soft_clip_loss` equals
-:func:`mmembed.losses.contrastive.clip_loss`.
+teacher similarities. With one-hot targets :func:`soft_target_clip_loss` equals
+:func:`mmembed.losses.contrastive.clip_loss`. LightCLIP's progressively softened labels are in
+:mod:`mmembed.losses.progressive` (:func:`~mmembed.losses.progressive.soft_clip_loss`).
 
 Embeddings are assumed to be L2-normalised (not normalised here).
 
@@ -24,7 +25,7 @@ from torch import Tensor, nn
 
 from mmembed.nn.heads import LogitScale
 
-__all__ = ["soft_target_cross_entropy", "soft_clip_loss", "kl_distillation", "SoftTargetClipLoss"]
+__all__ = ["SoftTargetClipLoss", "kl_distillation", "soft_target_clip_loss", "soft_target_cross_entropy"]
 
 
 def _validate_targets(targets: Tensor, atol: float, name: str = "targets") -> None:
@@ -80,7 +81,7 @@ def soft_target_cross_entropy(
     return -(targets * F.log_softmax(logits, dim=-1)).sum(dim=-1).mean()  # (B, N) -> ()
 
 
-def soft_clip_loss(
+def soft_target_clip_loss(
     image: Tensor,
     text: Tensor,
     logit_scale: Tensor | float,
@@ -208,7 +209,7 @@ class SoftTargetClipLoss(nn.Module):
         targets_t2i: Tensor | None = None,
     ) -> Tensor:
         """Return the scalar soft-target CLIP loss."""
-        return soft_clip_loss(
+        return soft_target_clip_loss(
             image_emb,
             text_emb,
             self.logit_scale(),

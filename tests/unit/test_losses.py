@@ -15,7 +15,7 @@ from mmembed.losses import (
     clip_loss,
     info_nce,
     kl_distillation,
-    soft_clip_loss,
+    soft_target_clip_loss,
     soft_target_cross_entropy,
 )
 from mmembed.nn.heads import LogitScale, Projection
@@ -161,8 +161,8 @@ def test_gradcheck_soft_losses():
     t3 = torch.softmax(torch.randn(3, 3, generator=g, dtype=DT), -1)
     scale = torch.tensor(2.0, dtype=DT, requires_grad=True)
     t3b = torch.softmax(torch.randn(3, 3, generator=g, dtype=DT), -1)
-    assert torch.autograd.gradcheck(lambda a, b, s: soft_clip_loss(a, b, s, t3), (image, text, scale))
-    assert torch.autograd.gradcheck(lambda a, b, s: soft_clip_loss(a, b, s, t3, t3b), (image, text, scale))
+    assert torch.autograd.gradcheck(lambda a, b, s: soft_target_clip_loss(a, b, s, t3), (image, text, scale))
+    assert torch.autograd.gradcheck(lambda a, b, s: soft_target_clip_loss(a, b, s, t3, t3b), (image, text, scale))
     student, teacher = _req(torch.randn(3, 4, generator=g, dtype=DT)), _req(torch.randn(3, 4, generator=g, dtype=DT))
     assert torch.autograd.gradcheck(
         lambda s, t: kl_distillation(s, t, 2.0, detach_teacher=False), (student, teacher)
@@ -199,8 +199,8 @@ def test_aligned_orthonormal_pairs_closed_form(b, d, scale):
 def test_one_hot_soft_targets_reproduce_hard_losses():
     image, text = _unit(5, 4, seed=24), _unit(5, 4, seed=25)
     eye = torch.eye(5, dtype=DT)
-    torch.testing.assert_close(soft_clip_loss(image, text, 6.0, eye), clip_loss(image, text, 6.0))
-    torch.testing.assert_close(soft_clip_loss(image, text, 6.0, eye, eye), clip_loss(image, text, 6.0))
+    torch.testing.assert_close(soft_target_clip_loss(image, text, 6.0, eye), clip_loss(image, text, 6.0))
+    torch.testing.assert_close(soft_target_clip_loss(image, text, 6.0, eye, eye), clip_loss(image, text, 6.0))
     logits = 6.0 * image @ text.T
     targets = torch.tensor([1, 0, 4, 4, 2])
     torch.testing.assert_close(
@@ -213,7 +213,7 @@ def test_soft_clip_default_t2i_is_transpose_for_symmetric_targets():
     same_id = torch.tensor([[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], dtype=DT)
     targets = same_id / same_id.sum(-1, keepdim=True)
     torch.testing.assert_close(
-        soft_clip_loss(image, text, 3.0, targets), soft_clip_loss(image, text, 3.0, targets, targets)
+        soft_target_clip_loss(image, text, 3.0, targets), soft_target_clip_loss(image, text, 3.0, targets, targets)
     )
 
 
@@ -240,7 +240,7 @@ def test_shape_errors():
     with pytest.raises(ValueError, match=r"\(B, N\)"):
         soft_target_cross_entropy(torch.zeros(2, 3), torch.zeros(2, 2))
     with pytest.raises(ValueError, match="zero mass"):
-        soft_clip_loss(_unit(2, 3), _unit(2, 3, seed=1), 1.0, torch.tensor([[1.0, 0.0], [1.0, 0.0]], dtype=DT))
+        soft_target_clip_loss(_unit(2, 3), _unit(2, 3, seed=1), 1.0, torch.tensor([[1.0, 0.0], [1.0, 0.0]], dtype=DT))
     with pytest.raises(ValueError, match="neither"):
         clip_loss(_unit(2, 3), _unit(2, 3), 1.0, image_all=_unit(4, 3))
     with pytest.raises(ValueError, match="exceeds"):
