@@ -8,6 +8,7 @@ from mmembed.losses.soft_targets import (
     soft_target_clip_loss,
     soft_target_cross_entropy,
 )
+from mmembed.losses.token_matching import match_tokens, token_matching_loss
 
 __all__ = [
     "ClipLoss",
@@ -17,8 +18,10 @@ __all__ = [
     "clip_loss",
     "info_nce",
     "kl_distillation",
+    "match_tokens",
     "progressive_targets",
     "soft_clip_loss",
     "soft_target_clip_loss",
     "soft_target_cross_entropy",
+    "token_matching_loss",
 ]
