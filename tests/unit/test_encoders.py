@@ -121,6 +121,25 @@ def test_timm_tower_tokens():
         enc.encode_image(images, return_attention=True)
 
 
+@pytest.mark.parametrize("name", ["resnet18", "efficientnet_b0"])
+def test_cnn_tower_tokens_average_to_the_pooled_embedding(name):
+    # avg-pool + linear head: projecting every spatial token and averaging equals the tower's output
+    cfg = {
+        "embed_dim": 24,
+        "vision_cfg": {"timm_model_name": name, "timm_model_pretrained": False, "timm_pool": "avg",
+                       "timm_proj": "linear", "image_size": 96},
+        "text_cfg": dict(TEXT_CFG),
+    }
+    enc = OpenCLIPDualEncoder(model_config=cfg).eval()
+    images = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        out = enc.encode_image(images, return_tokens=True)
+        plain = enc.encode_image(images).embedding
+    assert out.tokens.shape == (2, 3 * 3, 24)  # stride 32: a 3x3 grid of patch tokens
+    torch.testing.assert_close(out.tokens.mean(1), plain, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out.embedding, plain)
+
+
 def test_processor_transforms_non_square(encoder):
     from PIL import Image
 
