@@ -1,7 +1,12 @@
 """Losses: pure functions over embeddings plus thin ``nn.Module`` wrappers."""
 
 from mmembed.losses.contrastive import ClipLoss, InfoNCELoss, clip_loss, info_nce
-from mmembed.losses.progressive import alpha_schedule, progressive_targets, soft_clip_loss
+from mmembed.losses.progressive import (
+    ProgressiveSoftClipLoss,
+    alpha_schedule,
+    progressive_targets,
+    soft_clip_loss,
+)
 from mmembed.losses.soft_targets import (
     SoftTargetClipLoss,
     kl_distillation,
@@ -13,6 +18,7 @@ from mmembed.losses.token_matching import match_tokens, token_matching_loss
 __all__ = [
     "ClipLoss",
     "InfoNCELoss",
+    "ProgressiveSoftClipLoss",
     "SoftTargetClipLoss",
     "alpha_schedule",
     "clip_loss",

@@ -27,7 +27,7 @@ from mmembed.distributed import (
     get_world_size,
     is_distributed,
 )
-from mmembed.losses import ClipLoss, InfoNCELoss, info_nce
+from mmembed.losses import ClipLoss, InfoNCELoss, ProgressiveSoftClipLoss, info_nce
 
 WORLD, B, IN_IMG, IN_TXT, D = 2, 3, 5, 4, 3
 DT = torch.float64
@@ -40,6 +40,8 @@ SCENARIOS = {
     "clip_nogather": lambda: ClipLoss(init_temperature=0.2, gather=False),
     "infonce": lambda: InfoNCELoss(init_temperature=0.25, learn_temperature=True),
     "infonce_hardneg": lambda: InfoNCELoss(init_temperature=0.25, learn_temperature=True),
+    "soft_local": lambda: ProgressiveSoftClipLoss(init_temperature=0.2, alpha=0.3, local_loss=True),
+    "soft_global": lambda: ProgressiveSoftClipLoss(init_temperature=0.2, alpha=0.3, mode="uniform", local_loss=False),
 }
 
 
@@ -159,7 +161,8 @@ def test_workers_saw_a_process_group(results):
     assert [r["env"] for r in results] == [(True, 0, WORLD), (True, 1, WORLD)]
 
 
-@pytest.mark.parametrize("name", ["clip_local", "clip_global", "infonce", "infonce_hardneg"])
+@pytest.mark.parametrize("name", ["clip_local", "clip_global", "infonce", "infonce_hardneg", "soft_local",
+                                  "soft_global"])
 def test_loss_and_grads_match_single_process(results, name):
     ref_loss, ref_grads = _single_process(name)
     for res in results:
