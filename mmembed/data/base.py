@@ -8,7 +8,7 @@ indices. The model owns the image transforms and the tokenizer: the CLI links
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader, Dataset
@@ -113,3 +113,20 @@ class RetrievalDataModule(pl.LightningDataModule):
 
     def predict_dataloader(self) -> list[DataLoader]:
         return self._eval_loaders(self.predict_split)
+
+
+class CaptionQueries(Dataset):
+    """Evaluation queries: every caption once, with its label. Attribute ``texts`` keeps the strings.
+
+    Shapes:
+        item: text (L,) token ids, label, index.
+    """
+
+    def __init__(self, texts: list[str], labels: list[int], processor: Processor) -> None:
+        self.texts, self.labels, self.tokenizer = texts, labels, processor.tokenizer
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"text": self.tokenizer([self.texts[i]])[0], "label": self.labels[i], "index": i}

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from mmembed.data.base import RetrievalDataModule, Split
+from mmembed.data.base import CaptionQueries, RetrievalDataModule, Split
 from mmembed.data.idx import FASHION_MNIST_ROOT, load_fashion_mnist
 from mmembed.types import Processor
 
@@ -100,19 +100,6 @@ class _FashionPairs(Dataset):
         return item
 
 
-class _Queries(Dataset):
-    """Caption queries (attribute ``texts`` keeps the strings)."""
-
-    def __init__(self, texts: list[str], labels: np.ndarray, processor: Processor) -> None:
-        self.texts, self.labels, self.tokenizer = texts, labels, processor.tokenizer
-
-    def __len__(self) -> int:
-        return len(self.texts)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return {"text": self.tokenizer([self.texts[i]])[0], "label": int(self.labels[i]), "index": i}
-
-
 class FashionMNISTDataModule(RetrievalDataModule):
     """Fashion-MNIST image-caption pairs (see the module docstring).
 
@@ -182,4 +169,4 @@ class FashionMNISTDataModule(RetrievalDataModule):
         processor = self.require_processor()
         images, labels = self.split_arrays(split)
         queries = make_captions(labels, ZEROSHOT_TEMPLATES, self.seed, salt=1 if split == "val" else 2)
-        return _Queries(queries, labels, processor), _FashionPairs(images, labels, None, processor, train=False)
+        return CaptionQueries(queries, labels, processor), _FashionPairs(images, labels, None, processor, train=False)

@@ -26,7 +26,7 @@ from typing import Any
 from PIL import Image
 from torch.utils.data import Dataset
 
-from mmembed.data.base import RetrievalDataModule, Split
+from mmembed.data.base import CaptionQueries, RetrievalDataModule, Split
 from mmembed.data.errors import DatasetFormatError, describe_offenders
 from mmembed.types import Processor
 
@@ -161,17 +161,6 @@ class _Pairs(Dataset):
                 "label": self.labels[i], "index": i}
 
 
-class _Queries(Dataset):
-    def __init__(self, texts: list[str], labels: list[int], processor: Processor) -> None:
-        self.texts, self.labels, self.tokenizer = texts, labels, processor.tokenizer
-
-    def __len__(self) -> int:
-        return len(self.texts)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return {"text": self.tokenizer([self.texts[i]])[0], "label": self.labels[i], "index": i}
-
-
 class _Gallery(Dataset):
     def __init__(self, refs: list[ImageRef], processor: Processor) -> None:
         self.refs, self.labels, self.transform = refs, list(range(len(refs))), processor.eval_image_transform
@@ -247,4 +236,4 @@ class ImageTextDataModule(RetrievalDataModule):
         samples = self.samples(split)
         labels, images = _image_ids(samples)
         processor = self.require_processor()
-        return _Queries([t for _, t in samples], labels, processor), _Gallery(images, processor)
+        return CaptionQueries([t for _, t in samples], labels, processor), _Gallery(images, processor)

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import numpy as np
 from torch.utils.data import Dataset
 
-from mmembed.data.base import RetrievalDataModule, Split
+from mmembed.data.base import CaptionQueries, RetrievalDataModule, Split
 from mmembed.data.errors import DatasetFormatError, describe_offenders
 from mmembed.types import Processor
 
@@ -168,19 +168,6 @@ class PedesPairs(Dataset):
             "label": self.labels[i],
             "index": i,
         }
-
-
-class CaptionQueries(Dataset):
-    """Evaluation queries: every caption once. Attribute ``texts`` keeps the strings."""
-
-    def __init__(self, texts: list[str], labels: list[int], processor: Processor) -> None:
-        self.texts, self.labels, self.tokenizer = texts, labels, processor.tokenizer
-
-    def __len__(self) -> int:
-        return len(self.texts)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return {"text": self.tokenizer([self.texts[i]])[0], "label": self.labels[i], "index": i}
 
 
 class ImageGallery(Dataset):
