@@ -1,0 +1,134 @@
+"""LightCLIPModule: CLIP training with progressively softened labels (L_ins), token-level relaxed
+bipartite matching (L_tok) and masked language modelling with image fusion (L_mlm).
+
+``L = L_ins + tok_weight * L_tok + mlm_weight * L_mlm``; every term is logged separately, with
+the current softening ``alpha``, the logit scale and the MLM accuracy. Inference is plain CLIP
+(global embeddings), and the exported encoder is a plain open_clip state dict: the fusion blocks
+and the MLM head are training-only and live outside the encoder.
+
+References:
+    Nie et al., "LightCLIP: Learning Multi-Level Interaction for Lightweight Vision-Language
+    Models", 2023, https://arxiv.org/abs/2312.00674; choices the paper leaves open follow the
+    method specification's reconstruction and are options here.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+
+from mmembed.lit.embedding_module import EmbeddingModule
+from mmembed.losses.progressive import ProgressiveSoftClipLoss, SoftMode, alpha_schedule
+from mmembed.losses.token_matching import MatchMode, token_matching_loss
+from mmembed.methods.lightclip.fusion import FusionMLM, image_stages, text_tower
+from mmembed.nn.mlm import FIRST_SPECIAL_ID, IGNORE_INDEX, mlm_mask
+
+
+class LightCLIPModule(EmbeddingModule):
+    """LightCLIP on an open_clip dual encoder (ViT or timm/CNN image tower).
+
+    Args:
+        encoder: :class:`~mmembed.nn.encoders.open_clip.OpenCLIPDualEncoder`.
+        alpha_max: Final softening of the instance-level labels (0: plain CLIP loss).
+        alpha_shape: Ramp from 0 to ``alpha_max`` over training: ``linear`` or ``cosine``.
+        soft_mode: ``similarity`` (negatives share alpha by detached similarity) or ``uniform``.
+        init_temperature: Initial CLIP temperature (learnable, clamped at a scale of 100).
+        tok_weight: Weight of L_tok (0 disables it).
+        tok_tau: Temperature of the per-word softmax over patches.
+        tok_r: Patches per word in the relaxed matching (None: ``max(1, P // M)``).
+        tok_mode: ``relaxed``, ``strict`` or ``argmax`` (FILIP-style) matching.
+        mlm_weight: Weight of L_mlm (0: no MLM branch).
+        mlm_prob: Share of caption words selected for MLM (BERT 80/10/10 rule).
+        num_fusions: Fusion blocks K (after text layers ``ceil(k L / K)``).
+        fuse_image: Let the MLM pass attend to image stages (False: text-only MLM ablation).
+        local_loss, gather: Cross-rank gathering of L_ins (see ``ProgressiveSoftClipLoss``).
+        optimizer, lr_scheduler, lr_scheduler_interval, no_decay_1d, ks, eval_chunk_size,
+        plot_queries, plot_top_k, export_encoder: See :class:`~mmembed.lit.embedding_module.EmbeddingModule`.
+
+    Shapes:
+        training batch: image (B, 3, H, W), text (B, L).
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        alpha_max: float = 0.2,
+        alpha_shape: Literal["linear", "cosine"] = "linear",
+        soft_mode: SoftMode = "similarity",
+        init_temperature: float = 0.07,
+        tok_weight: float = 1.0,
+        tok_tau: float = 0.1,
+        tok_r: int | None = None,
+        tok_mode: MatchMode = "relaxed",
+        mlm_weight: float = 1.0,
+        mlm_prob: float = 0.15,
+        num_fusions: int = 3,
+        fuse_image: bool = True,
+        local_loss: bool = True,
+        gather: bool = True,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
+        no_decay_1d: bool = True,
+        ks: tuple[int, ...] = (1, 5, 10),
+        eval_chunk_size: int = 1024,
+        plot_queries: int = 8,
+        plot_top_k: int = 10,
+        export_encoder: bool = True,
+    ) -> None:
+        if not 0.0 <= alpha_max <= 1.0:
+            raise ValueError(f"alpha_max must be in [0, 1], got {alpha_max}")
+        loss = ProgressiveSoftClipLoss(init_temperature, alpha=0.0, mode=soft_mode, local_loss=local_loss,
+                                       gather=gather)
+        super().__init__(
+            encoder, loss, optimizer, lr_scheduler, lr_scheduler_interval, no_decay_1d, ks, eval_chunk_size,
+            plot_queries, plot_top_k, export_encoder,
+        )
+        self.mlm = FusionMLM.from_encoder(encoder, num_fusions, fuse_image) if mlm_weight > 0 else None
+        visual = encoder.model.visual
+        # tokens ahead of the patches: open_clip ViT has a class token; timm towers say how many
+        self._prefix_tokens = getattr(visual.trunk, "num_prefix_tokens", 0) if hasattr(visual, "trunk") else 1
+
+    def current_alpha(self) -> float:
+        """The softening at this step: ``alpha_schedule(step / total_steps)`` (0 outside training)."""
+        trainer = self._trainer
+        if trainer is None or not trainer.training:
+            return 0.0
+        total = max(1, int(trainer.estimated_stepping_batches))
+        return alpha_schedule(self.global_step / total, self.hparams.alpha_max, self.hparams.alpha_shape)
+
+    def compute_loss(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        h = self.hparams
+        ids = batch["text"]
+        need_tokens = h.tok_weight > 0
+        img = self.encoder.encode_image(batch["image"], return_tokens=need_tokens)
+        txt = self.encoder.encode_text(ids, return_tokens=need_tokens)
+        image, text = F.normalize(img.embedding.float(), dim=-1), F.normalize(txt.embedding.float(), dim=-1)
+        alpha = self.current_alpha()
+        self.loss.alpha = alpha
+        out: dict[str, Tensor] = {"ins": self.loss(image, text)}
+        total = out["ins"]
+        if need_tokens:
+            words = txt.mask & (ids > 0) & (ids < FIRST_SPECIAL_ID)  # (B, L): no SOT / EOT / padding / mask
+            patches = img.tokens[:, self._prefix_tokens:]  # (B, P, D)
+            out["tok"] = token_matching_loss(txt.tokens, patches, words, h.tok_tau, h.tok_r, h.tok_mode)
+            total = total + h.tok_weight * out["tok"]
+        if self.mlm is not None:
+            masked, labels = mlm_mask(ids, h.mlm_prob)
+            target = labels != IGNORE_INDEX
+            if not target.any():
+                raise ValueError("MLM needs captions with word tokens; this batch has none (empty captions?)")
+            stages = image_stages(self.encoder, batch["image"], len(self.mlm.depths)) if h.fuse_image else []
+            logits = self.mlm(text_tower(self.encoder), masked, stages, positions=target).float()  # (M, V)
+            out["mlm"] = F.cross_entropy(logits, labels[target])
+            out["mlm_acc"] = (logits.argmax(-1) == labels[target]).float().mean()
+            total = total + h.mlm_weight * out["mlm"]
+        out = {k: v.detach() for k, v in out.items()}
+        out["loss"] = total
+        out["alpha"] = torch.tensor(alpha)
+        out["logit_scale"] = self.loss.logit_scale().detach()
+        return out
