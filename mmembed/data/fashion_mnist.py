@@ -137,6 +137,8 @@ class FashionMNISTDataModule(RetrievalDataModule):
             raise ValueError(f"val_size must be in [0, 60000), got {val_size}")
         self.root, self.val_size, self.max_train, self.max_eval, self.seed = Path(root), val_size, max_train, max_eval, seed
         self._splits: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        # read by mmembed.lit.callbacks.ZeroShotClassification
+        self.classnames, self.zeroshot_templates = list(ZEROSHOT_CLASSNAMES), list(ZEROSHOT_TEMPLATES)
 
     def prepare_data(self) -> None:
         """Fail early, with the install hint, when the IDX files are missing."""

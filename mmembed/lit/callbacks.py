@@ -42,3 +42,53 @@ class EmbeddingWriter(BasePredictionWriter):
             torch.save({k: v[order] for k, v in merged.items()}, out / f"{side}{suffix}.pt")
         if trainer.is_global_zero:
             print(f"embeddings written to {out}")
+
+
+class ZeroShotClassification(pl.Callback):
+    """Zero-shot top-k accuracy of the validation images after every validation epoch.
+
+    The text classifier is built from class names x prompt templates
+    (:func:`mmembed.eval.zeroshot.zeroshot_classifier`); the images are the validation gallery of
+    the datamodule, whose labels must be class ids. Class names and templates default to the
+    datamodule's ``classnames`` and ``zeroshot_templates`` attributes (e.g.
+    :class:`~mmembed.data.fashion_mnist.FashionMNISTDataModule`). Logged as
+    ``{prefix}_top1``, ``{prefix}_top5``, ...
+
+    Args:
+        classnames: Class names in label order (None: ``datamodule.classnames``).
+        templates: Prompt templates with one ``{}`` (None: ``datamodule.zeroshot_templates``).
+        ks: Top-k cut-offs.
+        prefix: Metric name prefix.
+        batch_size: Images encoded per forward.
+    """
+
+    def __init__(self, classnames: Sequence[str] | None = None, templates: Sequence[str] | None = None,
+                 ks: Sequence[int] = (1, 5), prefix: str = "val/zeroshot", batch_size: int = 512) -> None:
+        self.classnames, self.templates = classnames, templates
+        self.ks, self.prefix, self.batch_size = tuple(ks), prefix, batch_size
+
+    @torch.no_grad()
+    def evaluate(self, datamodule: Any, encoder: torch.nn.Module, device: torch.device) -> dict[str, float]:
+        """Top-k accuracy (%) of the encoder on the datamodule's validation images."""
+        from mmembed.eval.zeroshot import zeroshot_accuracy, zeroshot_classifier
+
+        classnames = self.classnames or getattr(datamodule, "classnames", None)
+        templates = self.templates or getattr(datamodule, "zeroshot_templates", None)
+        if not classnames or not templates:
+            raise ValueError("ZeroShotClassification needs classnames and templates (init args, or the "
+                             "datamodule's classnames / zeroshot_templates attributes)")
+        _, gallery = datamodule.eval_datasets(datamodule.val_split)
+        feats, labels = [], []
+        for batch in torch.utils.data.DataLoader(gallery, batch_size=self.batch_size):
+            feats.append(encoder.encode_image(batch["image"].to(device)).embedding.float())
+            labels.append(torch.as_tensor(batch["label"]))
+        clf = zeroshot_classifier(lambda ids: encoder.encode_text(ids).embedding, encoder.tokenizer,
+                                  list(classnames), list(templates), device=device)
+        return zeroshot_accuracy(torch.cat(feats), clf, torch.cat(labels).to(device), self.ks)
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        scores = self.evaluate(trainer.datamodule, pl_module.encoder, pl_module.device)
+        for name, value in scores.items():  # every rank scores the whole gallery: identical values
+            pl_module.log(f"{self.prefix}_{name}", value, sync_dist=False)

@@ -73,3 +73,28 @@ def test_missing_files_give_the_install_hint(tmp_path):
         dm.prepare_data()
     with pytest.raises(ValueError, match="val_size"):
         FashionMNISTDataModule(val_size=60000)
+
+
+def test_zero_shot_callback_scores_the_validation_images(fake_root, tiny_encoder):
+    import torch
+
+    from mmembed.lit.callbacks import ZeroShotClassification
+
+    encoder = tiny_encoder().eval()
+    dm = FashionMNISTDataModule(root=str(fake_root), val_size=10, processor=encoder.processor)
+    callback = ZeroShotClassification(ks=(1, 5))
+    scores = callback.evaluate(dm, encoder, torch.device("cpu"))
+    assert set(scores) == {"top1", "top5"} and 0 <= scores["top1"] <= scores["top5"] <= 100
+    # the same numbers by hand: classifier from the class names x held-out templates
+    from mmembed.eval.zeroshot import zeroshot_accuracy, zeroshot_classifier
+
+    _, gallery = dm.eval_datasets("val")
+    with torch.no_grad():
+        feats = torch.stack([encoder.encode_image(gallery[i]["image"][None]).embedding[0] for i in range(len(gallery))])
+        clf = zeroshot_classifier(lambda ids: encoder.encode_text(ids).embedding, encoder.tokenizer,
+                                  dm.classnames, dm.zeroshot_templates)
+    labels = torch.tensor([gallery[i]["label"] for i in range(len(gallery))])
+    expected = zeroshot_accuracy(feats, clf, labels, (1, 5))
+    assert scores == pytest.approx(expected)
+    with pytest.raises(ValueError, match="classnames and templates"):
+        ZeroShotClassification().evaluate(object(), encoder, torch.device("cpu"))
