@@ -126,14 +126,22 @@ class EmbeddingModule(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         params = [p for p in self.parameters() if p.requires_grad]
-        if self.hparams.no_decay_1d:
-            groups = [
-                {"params": [p for p in params if p.ndim >= 2]},
-                {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-            ]
-            optimizer = self.optimizer_factory([g for g in groups if g["params"]])
-        else:
-            optimizer = self.optimizer_factory(params)
+        if not self.hparams.no_decay_1d:
+            return self.optimize_groups([{"params": params}])
+        return self.optimize_groups([
+            {"params": [p for p in params if p.ndim >= 2]},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+        ])
+
+    def optimize_groups(self, groups: list[dict[str, Any]]) -> Any:
+        """Build the configured optimizer over parameter groups, then attach the scheduler.
+
+        A group may carry ``lr_factor``: its learning rate becomes the optimizer's base lr times
+        that factor (the key is removed). Empty groups are dropped.
+        """
+        optimizer = self.optimizer_factory([g for g in groups if g["params"]])
+        for group in optimizer.param_groups:
+            group["lr"] *= group.pop("lr_factor", 1.0)
         return self.with_scheduler(optimizer)
 
     def with_scheduler(self, optimizer: torch.optim.Optimizer) -> Any:

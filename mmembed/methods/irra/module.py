@@ -24,7 +24,6 @@ from mmembed.methods.rde import objective as obj
 from mmembed.nn.mlm import IGNORE_INDEX, CrossModalMLMHead, mlm_mask
 
 
-
 def id_loss(image_logits: Tensor, text_logits: Tensor, pids: Tensor) -> Tensor:
     """IRRA's identity loss: the mean of the image and text cross-entropies over identities.
 
@@ -153,7 +152,4 @@ class IRRAModule(EmbeddingModule):
             factors.setdefault((factor, decay), []).append(p)
         spec = [{"params": ps, "lr_factor": f, **({} if decay else {"weight_decay": 0.0})}
                 for (f, decay), ps in factors.items()]
-        optimizer = self.optimizer_factory(spec)
-        for group in optimizer.param_groups:
-            group["lr"] *= group.pop("lr_factor", 1.0)
-        return self.with_scheduler(optimizer)
+        return self.optimize_groups(spec)

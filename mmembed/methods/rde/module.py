@@ -347,7 +347,4 @@ class RDEModule(EmbeddingModule):
             {"params": groups["tse_w"], "lr": h.tse_lr},
             {"params": groups["tse_b"], "lr": h.tse_lr, "weight_decay": 0.0},
         ]
-        optimizer = self.optimizer_factory([g for g in spec if g["params"]])
-        for group in optimizer.param_groups:
-            group["lr"] *= group.pop("lr_factor", 1.0)
-        return self.with_scheduler(optimizer)
+        return self.optimize_groups(spec)
