@@ -10,6 +10,7 @@ References:
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 MASK_ID = 49405  # CLIP BPE: the last merge is repurposed as <|mask|>
@@ -66,6 +67,44 @@ def mlm_mask(
     out[replace] = rand_ids[replace].to(ids.dtype)
     labels = torch.where(selected, ids, torch.full_like(ids, IGNORE_INDEX))
     return out, labels
+
+
+def mlm_inputs(ids: Tensor, prob: float = 0.15, mask_id: int = MASK_ID) -> tuple[Tensor, Tensor, Tensor]:
+    """Mask a batch for MLM (:func:`mlm_mask`) and return what a position-restricted head needs.
+
+    Args:
+        ids: Token ids (SOT ... EOT, zero padded).
+        prob: Selection probability of a word token.
+        mask_id: Id written for a masked token.
+
+    Returns:
+        ``(masked_ids, positions, targets)``: the altered ids, the selected positions and the
+        original ids there.
+
+    Raises:
+        ValueError: If no position was selected (no caption has a word token).
+
+    Shapes:
+        ids: (B, L) -> (B, L), (B, L) bool, (M,).
+    """
+    masked, labels = mlm_mask(ids, prob, mask_id=mask_id)
+    positions = labels != IGNORE_INDEX  # every caption with words has >= 1
+    if not positions.any():
+        raise ValueError("MLM needs captions with word tokens; this batch has none (empty captions?)")
+    return masked, positions, labels[positions]
+
+
+def mlm_loss(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """Cross-entropy and accuracy of the masked positions.
+
+    Computing the head on the selected positions only and taking this mean is the same loss as
+    a cross-entropy with ``ignore_index`` over every position.
+
+    Shapes:
+        logits (M, V), targets (M,) -> (), ().
+    """
+    logits = logits.float()
+    return F.cross_entropy(logits, targets), (logits.argmax(-1) == targets).float().mean().detach()
 
 
 class CrossModalMLMHead(nn.Module):

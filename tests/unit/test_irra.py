@@ -141,3 +141,21 @@ def test_mlm_head_on_selected_positions_equals_full_logits():
     # the reference's loss: cross-entropy over every position with ignore_index 0
     reference = F.cross_entropy(full.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
     torch.testing.assert_close(F.cross_entropy(head(text, image, positions), labels[positions]), reference)
+
+
+def test_mlm_inputs_and_loss():
+    from mmembed.nn.mlm import mlm_inputs, mlm_loss
+
+    ids = captions(20, words=6)
+    masked, positions, targets = mlm_inputs(ids, 0.3)
+    torch.testing.assert_close(targets, ids[positions])
+    assert positions.any(1).all() and masked.shape == ids.shape
+    logits = torch.randn(len(targets), 49408)
+    loss, acc = mlm_loss(logits, targets)
+    full = torch.zeros(20, ids.shape[1], 49408)
+    full[positions] = logits
+    labels = torch.where(positions, ids, torch.zeros_like(ids))
+    torch.testing.assert_close(loss, F.cross_entropy(full.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX))
+    assert 0.0 <= float(acc) <= 1.0
+    with pytest.raises(ValueError, match="word tokens"):
+        mlm_inputs(torch.tensor([[SOT, EOT, 0]]))

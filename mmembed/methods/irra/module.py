@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from mmembed.lit.embedding_module import EmbeddingModule
 from mmembed.methods.rde import objective as obj
-from mmembed.nn.mlm import IGNORE_INDEX, CrossModalMLMHead, mlm_mask
+from mmembed.nn.mlm import CrossModalMLMHead, mlm_inputs, mlm_loss
 
 
 def id_loss(image_logits: Tensor, text_logits: Tensor, pids: Tensor) -> Tensor:
@@ -119,16 +119,12 @@ class IRRAModule(EmbeddingModule):
             out["txt_acc"] = (txt_logits.argmax(1) == pids).float().mean()
             loss = loss + h.id_weight * out["id"]
         if self.mlm is not None:
-            mlm_ids, labels = mlm_mask(batch["text"], h.mlm_prob)
+            mlm_ids, positions, targets = mlm_inputs(batch["text"], h.mlm_prob)
             mlm_tokens = self.encoder.encode_text(mlm_ids, return_tokens=True).tokens  # (B, L, D)
-            target = labels != IGNORE_INDEX  # (B, L); every caption with words has >= 1 target
-            if not target.any():
-                raise ValueError("MLM needs captions with word tokens; this batch has none (empty captions?)")
-            # the vocabulary head runs on the targets only: the cross-entropy with ignore_index
-            # over all positions (the reference) is the mean over exactly these rows
-            logits = self.mlm(mlm_tokens, img.tokens, positions=target).float()  # (M, V)
-            out["mlm"] = F.cross_entropy(logits, labels[target])
-            out["mlm_acc"] = (logits.argmax(-1) == labels[target]).float().mean()
+            # the vocabulary head runs on the masked positions only (same loss as the reference's
+            # cross-entropy with ignore_index over all positions)
+            logits = self.mlm(mlm_tokens, img.tokens, positions=positions)  # (M, V)
+            out["mlm"], out["mlm_acc"] = mlm_loss(logits, targets)
             loss = loss + h.mlm_weight * out["mlm"]
         out["loss"] = loss
         return {k: (v if k == "loss" else v.detach()) for k, v in out.items()}

@@ -25,7 +25,7 @@ from mmembed.lit.embedding_module import EmbeddingModule
 from mmembed.losses.progressive import ProgressiveSoftClipLoss, SoftMode, alpha_schedule
 from mmembed.losses.token_matching import MatchMode, token_matching_loss
 from mmembed.methods.lightclip.fusion import FusionMLM, image_stages, text_tower
-from mmembed.nn.mlm import FIRST_SPECIAL_ID, IGNORE_INDEX, mlm_mask
+from mmembed.nn.mlm import FIRST_SPECIAL_ID, mlm_inputs, mlm_loss
 
 
 class LightCLIPModule(EmbeddingModule):
@@ -118,14 +118,10 @@ class LightCLIPModule(EmbeddingModule):
             out["tok"] = token_matching_loss(txt.tokens, patches, words, h.tok_tau, h.tok_r, h.tok_mode)
             total = total + h.tok_weight * out["tok"]
         if self.mlm is not None:
-            masked, labels = mlm_mask(ids, h.mlm_prob)
-            target = labels != IGNORE_INDEX
-            if not target.any():
-                raise ValueError("MLM needs captions with word tokens; this batch has none (empty captions?)")
+            masked, positions, targets = mlm_inputs(ids, h.mlm_prob)
             stages = image_stages(self.encoder, batch["image"], len(self.mlm.depths)) if h.fuse_image else []
-            logits = self.mlm(text_tower(self.encoder), masked, stages, positions=target).float()  # (M, V)
-            out["mlm"] = F.cross_entropy(logits, labels[target])
-            out["mlm_acc"] = (logits.argmax(-1) == labels[target]).float().mean()
+            logits = self.mlm(text_tower(self.encoder), masked, stages, positions=positions)  # (M, V)
+            out["mlm"], out["mlm_acc"] = mlm_loss(logits, targets)
             total = total + h.mlm_weight * out["mlm"]
         out = {k: v.detach() for k, v in out.items()}
         out["loss"] = total
