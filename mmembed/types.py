@@ -59,15 +59,19 @@ class EmbeddingOutput:
         mask: True where a token is real (text: up to and including EOT), if
             tokens were requested.
         attention: Head-averaged attention weights of the last block, if requested.
+        stages: Token features of the tower's last stages (blocks of a ViT, stages of a
+            CNN), shallow to deep, from the same forward pass, if requested.
 
     Shapes:
-        embedding: (B, D); tokens: (B, L, D); mask: (B, L); attention: (B, L, L).
+        embedding: (B, D); tokens: (B, L, D); mask: (B, L); attention: (B, L, L);
+        stages: list of (B, N_k, C_k).
     """
 
     embedding: Tensor
     tokens: Tensor | None = None
     mask: Tensor | None = None
     attention: Tensor | None = None
+    stages: list[Tensor] | None = None
 
 
 @dataclass

@@ -39,7 +39,7 @@ class RetrievalEvaluator:
     def reset(self) -> None:
         """Forget everything added so far."""
         self._parts: dict[str, list[tuple[Tensor, ...]]] = {"query": [], "gallery": []}
-        self.sizes: tuple[int, int] = (0, 0)  # (queries, gallery) of the last compute()
+        self.sizes: tuple[int, int] = (0, 0)  # (queries, gallery) of the last forward compute()
         self._collected: dict[tuple[str, bool], tuple[Tensor, Tensor, Tensor]] = {}  # gathered once per side
 
     def add(self, side: str, embeddings: Tensor, labels: Tensor, indices: Tensor) -> None:
@@ -73,7 +73,8 @@ class RetrievalEvaluator:
         self._collected[key] = (idx, emb, lab)
         return idx, emb, lab
 
-    def compute(self, gather: bool = True, drop_queries_without_positives: bool = False) -> dict[str, float]:
+    def compute(self, gather: bool = True, drop_queries_without_positives: bool = False,
+                reverse: bool = False) -> dict[str, float]:
         """Metrics over everything added (``r{k}``, ``map``, ``minp``, in percent).
 
         Args:
@@ -81,15 +82,23 @@ class RetrievalEvaluator:
             drop_queries_without_positives: Skip queries whose identity is absent
                 from the gallery instead of raising. Only meant for partial runs
                 (sanity checks, ``fast_dev_run``, ``limit_*_batches``).
+            reverse: Rank the query set for every gallery item instead (image -> text when the
+                queries are captions). R@K then counts a hit when *any* item with the same label
+                is in the top K: with one label per image, the CLIP_benchmark convention
+                ("any of the image's captions"); with identity or class labels, any caption of
+                the identity or class.
         """
         _, q, ql = self.collected("query", gather)
         _, g, gl = self.collected("gallery", gather)
+        if reverse:
+            q, ql, g, gl = g, gl, q, ql
         if drop_queries_without_positives:
             keep = torch.isin(ql, gl)
             if not keep.any():
                 return {}
             q, ql = q[keep], ql[keep]
-        self.sizes = (int(q.shape[0]), int(g.shape[0]))
+        if not reverse:
+            self.sizes = (int(q.shape[0]), int(g.shape[0]))
         return retrieval_metrics_from_embeddings(q, g, ql, gl, ks=self.ks, chunk_size=self.chunk_size)
 
     def top_k(self, num_queries: int, k: int = 10, gather: bool = True) -> tuple[Tensor, Tensor, Tensor]:
@@ -122,6 +131,7 @@ def evaluate_retrieval(
     device: str | torch.device | None = None,
     ks: Sequence[int] = (1, 5, 10),
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    both_directions: bool = False,
 ) -> dict[str, float]:
     """Encode queries and gallery with ``model`` and compute retrieval metrics.
 
@@ -132,9 +142,11 @@ def evaluate_retrieval(
         device: Where to run the model; tensors in each batch are moved there.
         ks: Cut-offs for R@K.
         chunk_size: Query chunk size for scoring.
+        both_directions: Also rank the queries for every gallery item (image -> text),
+            returned with an ``i2t_`` prefix (see :meth:`RetrievalEvaluator.compute`).
 
     Returns:
-        ``{"r1", "r5", "r10", "map", "minp"}`` in percent.
+        ``{"r1", "r5", "r10", "map", "minp"}`` in percent (plus ``i2t_r1``, ... when asked).
     """
     evaluator = RetrievalEvaluator(ks, chunk_size)
     for side, loader, encode in (
@@ -145,4 +157,7 @@ def evaluate_retrieval(
             if device is not None:
                 batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
             evaluator.add(side, encode(batch), batch["label"], batch["index"])
-    return evaluator.compute(gather=False)
+    out = evaluator.compute(gather=False)
+    if both_directions:
+        out.update({f"i2t_{k}": v for k, v in evaluator.compute(gather=False, reverse=True).items()})
+    return out

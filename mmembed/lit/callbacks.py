@@ -45,31 +45,33 @@ class EmbeddingWriter(BasePredictionWriter):
 
 
 class ZeroShotClassification(pl.Callback):
-    """Zero-shot top-k accuracy of the validation images after every validation epoch.
+    """Zero-shot top-k accuracy of the validation images after every validation epoch, and of
+    the test images after ``test``.
 
     The text classifier is built from class names x prompt templates
-    (:func:`mmembed.eval.zeroshot.zeroshot_classifier`); the images are the validation gallery of
-    the datamodule, whose labels must be class ids. Class names and templates default to the
-    datamodule's ``classnames`` and ``zeroshot_templates`` attributes (e.g.
+    (:func:`mmembed.eval.zeroshot.zeroshot_classifier`); the images are the validation (or test)
+    gallery of the datamodule, whose labels must be class ids. Class names and templates default
+    to the datamodule's ``classnames`` and ``zeroshot_templates`` attributes (e.g.
     :class:`~mmembed.data.fashion_mnist.FashionMNISTDataModule`). Logged as
-    ``{prefix}_top1``, ``{prefix}_top5``, ...
+    ``val/{name}_top1``, ``val/{name}_top5``, ... (``test/...`` after ``test``).
 
     Args:
         classnames: Class names in label order (None: ``datamodule.classnames``).
         templates: Prompt templates with one ``{}`` (None: ``datamodule.zeroshot_templates``).
         ks: Top-k cut-offs.
-        prefix: Metric name prefix.
+        name: Metric name after the stage prefix.
         batch_size: Images encoded per forward.
     """
 
     def __init__(self, classnames: Sequence[str] | None = None, templates: Sequence[str] | None = None,
-                 ks: Sequence[int] = (1, 5), prefix: str = "val/zeroshot", batch_size: int = 512) -> None:
+                 ks: Sequence[int] = (1, 5), name: str = "zeroshot", batch_size: int = 512) -> None:
         self.classnames, self.templates = classnames, templates
-        self.ks, self.prefix, self.batch_size = tuple(ks), prefix, batch_size
+        self.ks, self.name, self.batch_size = tuple(ks), name, batch_size
 
     @torch.no_grad()
-    def evaluate(self, datamodule: Any, encoder: torch.nn.Module, device: torch.device) -> dict[str, float]:
-        """Top-k accuracy (%) of the encoder on the datamodule's validation images."""
+    def evaluate(self, datamodule: Any, encoder: torch.nn.Module, device: torch.device,
+                 split: str | None = None) -> dict[str, float]:
+        """Top-k accuracy (%) of the encoder on the images of a split (None: the validation split)."""
         from mmembed.eval.zeroshot import zeroshot_accuracy, zeroshot_classifier
 
         classnames = self.classnames or getattr(datamodule, "classnames", None)
@@ -77,7 +79,7 @@ class ZeroShotClassification(pl.Callback):
         if not classnames or not templates:
             raise ValueError("ZeroShotClassification needs classnames and templates (init args, or the "
                              "datamodule's classnames / zeroshot_templates attributes)")
-        _, gallery = datamodule.eval_datasets(datamodule.val_split)
+        _, gallery = datamodule.eval_datasets(split or datamodule.val_split)
         feats, labels = [], []
         for batch in torch.utils.data.DataLoader(gallery, batch_size=self.batch_size):
             feats.append(encoder.encode_image(batch["image"].to(device)).embedding.float())
@@ -86,9 +88,19 @@ class ZeroShotClassification(pl.Callback):
                                   list(classnames), list(templates), device=device)
         return zeroshot_accuracy(torch.cat(feats), clf, torch.cat(labels).to(device), self.ks)
 
+    def _log(self, pl_module: pl.LightningModule, stage: str, scores: dict[str, float]) -> None:
+        for key, value in scores.items():  # every rank scores the whole gallery: identical values
+            pl_module.log(f"{stage}/{self.name}_{key}", value, sync_dist=False)
+
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        scores = self.evaluate(trainer.datamodule, pl_module.encoder, pl_module.device)
-        for name, value in scores.items():  # every rank scores the whole gallery: identical values
-            pl_module.log(f"{self.prefix}_{name}", value, sync_dist=False)
+        self._log(pl_module, "val", self.evaluate(trainer.datamodule, pl_module.encoder, pl_module.device))
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        scores = self.evaluate(trainer.datamodule, pl_module.encoder, pl_module.device, split="test")
+        self._log(pl_module, "test", scores)
+        if trainer.is_global_zero:
+            n = len(trainer.datamodule.eval_datasets("test")[1])
+            print(f"zero-shot classification (test, {n} images): "
+                  + ", ".join(f"top-{k[3:]} {v:.2f}%" for k, v in scores.items()))

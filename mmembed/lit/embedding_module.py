@@ -169,21 +169,24 @@ class EmbeddingModule(pl.LightningModule):
         return bool(trainer.sanity_checking or trainer.fast_dev_run or limit != 1.0)
 
     def _log_metrics(self, stage: str) -> None:
-        rows = {}
+        rows: dict[str, dict[str, dict[str, float]]] = {"t2i": {}, "i2t": {}}
+        partial = self._partial_eval(stage)
         for view, evaluator in self.evaluators.items():
-            metrics = evaluator.compute(drop_queries_without_positives=self._partial_eval(stage))
-            rows[view or "main"] = metrics
-            prefix = f"{stage}/t2i_{view}_" if view else f"{stage}/t2i_"
-            for name, value in metrics.items():
-                # identical on every rank (gathered above); sync_dist only keeps Lightning's bookkeeping consistent
-                self.log(prefix + name, value, sync_dist=True)
+            for direction in ("t2i", "i2t"):
+                metrics = evaluator.compute(drop_queries_without_positives=partial, reverse=direction == "i2t")
+                rows[direction][view or "main"] = metrics
+                prefix = f"{stage}/{direction}_{view}_" if view else f"{stage}/{direction}_"
+                for name, value in metrics.items():
+                    # identical on every rank (gathered above); sync_dist only keeps Lightning's bookkeeping consistent
+                    self.log(prefix + name, value, sync_dist=True)
         fn = str(getattr(self.trainer.state.fn, "value", self.trainer.state.fn))
         main = self.evaluators.get("")
-        if main and rows.get("main") and self.trainer.is_global_zero and fn in ("validate", "test"):
+        if main and rows["t2i"].get("main") and self.trainer.is_global_zero and fn in ("validate", "test"):
             from mmembed.eval.report import print_retrieval_table
 
             n_q, n_g = main.sizes
-            print_retrieval_table(rows, f"text-to-image retrieval ({stage}: {n_q} queries x {n_g} gallery images)")
+            print_retrieval_table(rows["t2i"], f"text-to-image retrieval ({stage}: {n_q} queries x {n_g} gallery images)")
+            print_retrieval_table(rows["i2t"], f"image-to-text retrieval ({stage}: {n_g} images x {n_q} captions)")
 
     def on_validation_epoch_start(self) -> None:
         self.evaluators.clear()

@@ -97,20 +97,20 @@ def token_matching_loss(
     """
     words = torch.nn.functional.normalize(word_tokens.float(), dim=-1)
     patches = torch.nn.functional.normalize(patch_tokens.float(), dim=-1)
-    losses = []
-    for i in range(words.shape[0]):
-        w = words[i][word_mask[i]]  # (M_i, D)
-        if w.shape[0] == 0:
-            continue
-        sim = w @ patches[i].T  # (M_i, P)
-        assign = torch.as_tensor(match_tokens(sim, r, mode), device=sim.device)
-        matched = assign.any(1)
-        if not matched.any():
-            continue
-        targets = assign[matched].float()
-        targets = targets / targets.sum(1, keepdim=True)
-        logp = torch.log_softmax(sim[matched] / tau, dim=1)
-        losses.append(-(targets * logp).sum(1).mean())
-    if not losses:
+    sim = torch.einsum("bld,bpd->blp", words, patches)  # (B, L, P), every pair at once
+    # the assignments are constants: solve them on a detached CPU copy, one small problem per pair
+    host, mask_host = sim.detach().to("cpu", torch.float64).numpy(), word_mask.cpu().numpy()
+    assign = np.zeros(host.shape, dtype=bool)  # (B, L, P)
+    for i in range(host.shape[0]):
+        rows = np.flatnonzero(mask_host[i])
+        if rows.size:
+            assign[i, rows] = match_tokens(host[i, rows], r, mode)
+    assign_t = torch.from_numpy(assign).to(sim.device)
+    matched = assign_t.any(-1)  # (B, L): words with at least one patch
+    per_pair = matched.sum(-1)  # (B,)
+    if not bool((per_pair > 0).any()):
         return word_tokens.sum() * 0.0
-    return torch.stack(losses).mean()
+    targets = assign_t.float() / assign_t.sum(-1, keepdim=True).clamp_min(1)  # rows spread over the patches
+    ce = -(targets * torch.log_softmax(sim / tau, dim=-1)).sum(-1)  # (B, L), 0 on unmatched rows
+    per_pair_loss = ce.sum(-1) / per_pair.clamp_min(1)  # mean over the pair's matched words
+    return per_pair_loss[per_pair > 0].mean()

@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-MASK_ID = 49405  # CLIP BPE: the last merge is repurposed as <|mask|>
-FIRST_SPECIAL_ID = 49405  # ids >= this are <|mask|>, SOT and EOT
+MASK_ID = 49405  # CLIP BPE: the last merge is repurposed as <|mask|> (IRRA's convention)
+EXTRA_MASK_ID = 49408  # an added <mask> row (OpenCLIPDualEncoder.add_mask_token; LightCLIP's default)
+FIRST_SPECIAL_ID = 49405  # ids >= this are never words: the repurposed merge, SOT, EOT and an added <mask>
 IGNORE_INDEX = 0  # label of positions that are not predicted (0 is padding in CLIP ids)
 
 
@@ -87,7 +88,7 @@ def mlm_inputs(ids: Tensor, prob: float = 0.15, mask_id: int = MASK_ID) -> tuple
     Shapes:
         ids: (B, L) -> (B, L), (B, L) bool, (M,).
     """
-    masked, labels = mlm_mask(ids, prob, mask_id=mask_id)
+    masked, labels = mlm_mask(ids, prob, mask_id=mask_id, vocab_max=min(FIRST_SPECIAL_ID - 1, mask_id - 1))
     positions = labels != IGNORE_INDEX  # every caption with words has >= 1
     if not positions.any():
         raise ValueError("MLM needs captions with word tokens; this batch has none (empty captions?)")

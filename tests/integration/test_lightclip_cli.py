@@ -25,12 +25,20 @@ def test_fit_logs_every_term_and_exports_a_plain_open_clip_model(tmp_path):
     run = Path(cli.trainer.log_dir)
     import open_clip
 
+    # the export is plain CLIP: register its config and let open_clip load the weights strictly
     config = json.loads((run / "open_clip_config.json").read_text())
-    model = open_clip.CLIP(**config)
+    assert config["text_cfg"]["pool_type"] == "eos"  # the <mask> row was trained; pooling never picks it
+    (tmp_path / "lightclip_smoke_export.json").write_text(json.dumps(config))
+    open_clip.add_model_config(tmp_path / "lightclip_smoke_export.json")
+    model = open_clip.create_model("lightclip_smoke_export", pretrained=str(run / "open_clip_model.pt"))
     state = torch.load(run / "open_clip_model.pt", weights_only=True)
     assert not any(k.startswith(("mlm", "fusions", "loss")) for k in state)  # train-only parts dropped
-    model.load_state_dict(state, strict=True)
+    assert state["token_embedding.weight"].shape[0] == 49408  # the <mask> row is dropped too
+    assert cli.model.encoder.model.token_embedding.weight.shape[0] == 49409
     model.eval()
+    encoder = cli.model.encoder.eval()
     images = torch.randn(2, 3, 32, 16)
+    text = encoder.tokenizer(["a red coat", "a pair of blue trousers"])
     with torch.no_grad():
-        torch.testing.assert_close(model.encode_image(images), cli.model.encoder.eval().encode_image(images).embedding)
+        torch.testing.assert_close(model.encode_image(images), encoder.encode_image(images).embedding)
+        torch.testing.assert_close(model.encode_text(text), encoder.encode_text(text).embedding)

@@ -121,7 +121,7 @@ def test_timm_tower_tokens():
         enc.encode_image(images, return_attention=True)
 
 
-@pytest.mark.parametrize("name", ["resnet18", "efficientnet_b0"])
+@pytest.mark.parametrize("name", ["resnet18", "efficientnet_b0", "mobilenetv2_050"])
 def test_cnn_tower_tokens_average_to_the_pooled_embedding(name):
     # avg-pool + linear head: projecting every spatial token and averaging equals the tower's output
     cfg = {
@@ -138,6 +138,58 @@ def test_cnn_tower_tokens_average_to_the_pooled_embedding(name):
     assert out.tokens.shape == (2, 3 * 3, 24)  # stride 32: a 3x3 grid of patch tokens
     torch.testing.assert_close(out.tokens.mean(1), plain, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(out.embedding, plain)
+
+
+def test_mobilenetv3_tokens_go_through_its_nonlinear_head():
+    # timm_proj=None: timm's conv head + classifier is the projection (a linear proj crashes on 3.3.0);
+    # each location runs through that head, so a location's token is the embedding of a uniform image of it
+    cfg = {
+        "embed_dim": 24,
+        "vision_cfg": {"timm_model_name": "mobilenetv3_small_050", "timm_model_pretrained": False,
+                       "timm_pool": "avg", "timm_proj": None, "image_size": 96},
+        "text_cfg": dict(TEXT_CFG),
+    }
+    enc = OpenCLIPDualEncoder(model_config=cfg).eval()
+    images = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        out = enc.encode_image(images, return_tokens=True)
+        fm = enc.model.visual.trunk.forward_features(images)  # (2, C, 3, 3)
+        cell = fm[:, :, 1:2, 2:3].expand(-1, -1, 3, 3)  # a map whose every location is location (1, 2)
+        expected = enc.model.visual.head(enc.model.visual.trunk.forward_head(cell))
+    assert out.tokens.shape == (2, 9, 24)  # in the joint space, not the trunk's 288 channels
+    torch.testing.assert_close(out.tokens[:, 1 * 3 + 2], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_added_mask_token_pools_at_eot_and_is_dropped_on_export(tmp_path):
+    torch.manual_seed(0)
+    enc = OpenCLIPDualEncoder(model_config=tiny_config()).eval()
+    text = enc.tokenizer(["a red coat", "two blue shoes and a bag"])
+    with torch.no_grad():
+        before = enc.encode_text(text).embedding
+    mask_id = enc.add_mask_token()
+    assert mask_id == 49408 and enc.add_mask_token() == 49408  # idempotent
+    assert enc.model.token_embedding.weight.shape[0] == 49409
+    masked = text.clone()
+    masked[:, 1] = mask_id
+    with torch.no_grad():
+        torch.testing.assert_close(enc.encode_text(text).embedding, before)  # eos == argmax pooling on plain text
+        out = enc.encode_text(masked, return_tokens=True)
+        eot = (masked == 49407).int().argmax(1)
+        torch.testing.assert_close(out.embedding, out.tokens[torch.arange(2), eot])
+        # regression: argmax pooling would take the <mask> position (the highest id) as the end of text
+        assert (masked.argmax(1) == 1).all() and not torch.equal(masked.argmax(1), eot)
+        torch.testing.assert_close(enc.model.encode_text(masked), out.embedding)
+    weights, config = enc.export(tmp_path)
+    state = torch.load(weights, weights_only=True)
+    assert state["token_embedding.weight"].shape[0] == 49408
+    import json
+
+    import open_clip
+
+    plain = open_clip.CLIP(**json.loads(config.read_text()))
+    plain.load_state_dict(state, strict=True)
+    with torch.no_grad():
+        torch.testing.assert_close(plain.eval().encode_text(text), before)
 
 
 def test_processor_transforms_non_square(encoder):

@@ -31,6 +31,35 @@ def test_evaluator_matches_metrics_and_ignores_duplicates():
     assert ev.sizes == (9, 7)
 
 
+def test_image_to_text_with_five_captions_per_image():
+    # 4 images, 5 captions each (label = image id). Planted scores: every caption ranks its image
+    # first except caption 15 (image 3), which ranks image 0 first, and caption 10 (image 2), which
+    # ranks image 1 first. So images 0 and 1 each see a foreign caption above their own five.
+    n_img, n_cap = 4, 5
+    cap_labels = torch.arange(n_img).repeat_interleave(n_cap)  # (20,)
+    s = torch.full((n_img * n_cap, n_img), 0.0)  # caption x image scores
+    s[torch.arange(20), cap_labels] = 1.0
+    s[15, 0], s[15, 3] = 2.0, 1.5
+    s[10, 1] = 3.0  # a caption of image 2 that scores highest for image 1
+    # t2i, per caption: 18 of 20 captions find their image first; the other two at rank 2
+    ev = RetrievalEvaluator(ks=(1, 5))
+    # exact scores through embeddings: query rows are the score rows, gallery rows the identity
+    ev.normalize = False
+    ev.add("query", s, cap_labels, torch.arange(20))
+    ev.add("gallery", torch.eye(n_img), torch.arange(n_img), torch.arange(n_img))
+    t2i = ev.compute(gather=False)
+    assert t2i["r1"] == pytest.approx(100 * 18 / 20) and t2i["r5"] == pytest.approx(100.0)
+    # i2t: a hit when any of the image's 5 captions is in the top k
+    i2t = ev.compute(gather=False, reverse=True)
+    ranks = []  # slow reference: rank of each image's best own caption
+    for i in range(n_img):
+        order = torch.sort(s[:, i], descending=True, stable=True).indices
+        ranks.append(int(torch.nonzero(cap_labels[order] == i)[0]) + 1)
+    assert ranks == [2, 2, 1, 1]
+    assert i2t["r1"] == pytest.approx(100 * 2 / 4) and i2t["r5"] == pytest.approx(100.0)
+    assert ev.sizes == (20, 4)  # the forward direction's sizes
+
+
 def test_evaluator_partial_gallery_drop_or_raise():
     ev = RetrievalEvaluator()
     ev.add("query", torch.eye(3), torch.tensor([0, 1, 2]), torch.arange(3))

@@ -89,3 +89,31 @@ def test_loss_reaches_the_tokens_and_handles_empty_captions():
     assert words.grad[0, 1:4].abs().sum() > 0 and words.grad[1].abs().sum() == 0
     empty = token_matching_loss(words, patches, torch.zeros(3, 6, dtype=torch.bool))
     assert float(empty.detach()) == 0.0 and empty.requires_grad  # keeps the graph connected
+
+
+@pytest.mark.parametrize("mode", ["relaxed", "strict", "argmax"])
+def test_batched_loss_equals_a_per_pair_loop(mode):
+    # slow reference: one pair at a time, only its word rows, unmatched words dropped
+    torch.manual_seed(1)
+    b, length, p, d, tau = 5, 9, 4, 8, 0.1
+    words = torch.randn(b, length, d, requires_grad=True)
+    patches = torch.randn(b, p, d, requires_grad=True)
+    mask = torch.rand(b, length) < 0.7
+    mask[3] = False  # a pair without words
+    mask[0, :7] = True  # 7 words > 4 patches: some words get no patch under strict / relaxed
+    losses = []
+    for i in range(b):
+        if not mask[i].any():
+            continue
+        sim = F.normalize(words[i][mask[i]], dim=-1) @ F.normalize(patches[i], dim=-1).T
+        a = torch.as_tensor(match_tokens(sim, mode=mode))
+        keep = a.any(1)
+        t = a[keep].float() / a[keep].float().sum(1, keepdim=True)
+        losses.append(-(t * torch.log_softmax(sim[keep] / tau, 1)).sum(1).mean())
+    expected = torch.stack(losses).mean()
+    got = token_matching_loss(words, patches, mask, tau=tau, mode=mode)
+    torch.testing.assert_close(got, expected)
+    g_expected = torch.autograd.grad(expected, (words, patches))
+    g_got = torch.autograd.grad(got, (words, patches))
+    for a, e in zip(g_got, g_expected, strict=True):
+        torch.testing.assert_close(a, e)

@@ -38,7 +38,9 @@ def image_stages(encoder: nn.Module, images: Tensor, num_stages: int) -> list[Te
     """Token features of the image tower's last ``num_stages`` stages, shallow to deep.
 
     ViT towers (open_clip) give the outputs of their last blocks without the class token;
-    timm towers (CNNs included) give ``forward_intermediates`` feature maps, flattened.
+    timm towers (CNNs included) give ``forward_intermediates`` feature maps, flattened. Training
+    takes them from the contrastive forward (``encode_image(..., return_stages=K)``); this is
+    the same call on its own.
 
     Args:
         encoder: :class:`~mmembed.nn.encoders.open_clip.OpenCLIPDualEncoder`.
@@ -48,14 +50,7 @@ def image_stages(encoder: nn.Module, images: Tensor, num_stages: int) -> list[Te
     Shapes:
         images (B, 3, H, W) -> list of (B, N_k, C_k).
     """
-    visual = encoder.model.visual
-    if hasattr(visual, "trunk"):  # timm tower
-        maps = visual.trunk.forward_intermediates(images, indices=num_stages, intermediates_only=True)
-        return [m.flatten(2).transpose(1, 2) if m.ndim == 4 else m for m in maps]  # (B, C, h, w) -> (B, hw, C)
-    if not hasattr(visual, "forward_intermediates"):
-        raise NotImplementedError(f"{type(visual).__name__} does not expose intermediate features")
-    out = visual.forward_intermediates(images, indices=num_stages, intermediates_only=True, output_fmt="NLC")
-    return list(out["image_intermediates"])
+    return list(encoder.encode_image(images, return_stages=num_stages).stages)
 
 
 class FusionBlock(nn.Module):

@@ -24,8 +24,8 @@ from torch import Tensor, nn
 from mmembed.lit.embedding_module import EmbeddingModule
 from mmembed.losses.progressive import ProgressiveSoftClipLoss, SoftMode, alpha_schedule
 from mmembed.losses.token_matching import MatchMode, token_matching_loss
-from mmembed.methods.lightclip.fusion import FusionMLM, image_stages, text_tower
-from mmembed.nn.mlm import FIRST_SPECIAL_ID, mlm_inputs, mlm_loss
+from mmembed.methods.lightclip.fusion import FusionMLM, text_tower
+from mmembed.nn.mlm import FIRST_SPECIAL_ID, MASK_ID, mlm_inputs, mlm_loss
 
 
 class LightCLIPModule(EmbeddingModule):
@@ -43,6 +43,9 @@ class LightCLIPModule(EmbeddingModule):
         tok_mode: ``relaxed``, ``strict`` or ``argmax`` (FILIP-style) matching.
         mlm_weight: Weight of L_mlm (0: no MLM branch).
         mlm_prob: Share of caption words selected for MLM (BERT 80/10/10 rule).
+        mask_token: ``extra`` adds a train-only ``<mask>`` row (id 49408) to the token embedding
+            and pools text at the first EOT (dropped again on export); ``reuse`` writes the
+            last BPE merge (49405) as the mask and leaves the encoder untouched.
         num_fusions: Fusion blocks K (after text layers ``ceil(k L / K)``).
         fuse_image: Let the MLM pass attend to image stages (False: text-only MLM ablation).
         local_loss, gather: Cross-rank gathering of L_ins (see ``ProgressiveSoftClipLoss``).
@@ -66,6 +69,7 @@ class LightCLIPModule(EmbeddingModule):
         tok_mode: MatchMode = "relaxed",
         mlm_weight: float = 1.0,
         mlm_prob: float = 0.15,
+        mask_token: Literal["extra", "reuse"] = "extra",
         num_fusions: int = 3,
         fuse_image: bool = True,
         local_loss: bool = True,
@@ -82,12 +86,17 @@ class LightCLIPModule(EmbeddingModule):
     ) -> None:
         if not 0.0 <= alpha_max <= 1.0:
             raise ValueError(f"alpha_max must be in [0, 1], got {alpha_max}")
+        if mask_token not in ("extra", "reuse"):
+            raise ValueError(f"mask_token must be 'extra' or 'reuse', got {mask_token!r}")
         loss = ProgressiveSoftClipLoss(init_temperature, alpha=0.0, mode=soft_mode, local_loss=local_loss,
                                        gather=gather)
         super().__init__(
             encoder, loss, optimizer, lr_scheduler, lr_scheduler_interval, no_decay_1d, ks, eval_chunk_size,
             plot_queries, plot_top_k, export_encoder,
         )
+        self.mask_id = MASK_ID
+        if mlm_weight > 0 and mask_token == "extra":
+            self.mask_id = encoder.add_mask_token()  # before the head ties itself to the embedding
         self.mlm = FusionMLM.from_encoder(encoder, num_fusions, fuse_image) if mlm_weight > 0 else None
         visual = encoder.model.visual
         # tokens ahead of the patches: open_clip ViT has a class token; timm towers say how many
@@ -105,7 +114,10 @@ class LightCLIPModule(EmbeddingModule):
         h = self.hparams
         ids = batch["text"]
         need_tokens = h.tok_weight > 0
-        img = self.encoder.encode_image(batch["image"], return_tokens=need_tokens)
+        fuse = self.mlm is not None and h.fuse_image
+        # one image forward serves L_ins, L_tok and the fusion stages of L_mlm (the unmasked image)
+        img = self.encoder.encode_image(batch["image"], return_tokens=need_tokens,
+                                        return_stages=len(self.mlm.depths) if fuse else 0)
         txt = self.encoder.encode_text(ids, return_tokens=need_tokens)
         image, text = F.normalize(img.embedding.float(), dim=-1), F.normalize(txt.embedding.float(), dim=-1)
         alpha = self.current_alpha()
@@ -118,8 +130,8 @@ class LightCLIPModule(EmbeddingModule):
             out["tok"] = token_matching_loss(txt.tokens, patches, words, h.tok_tau, h.tok_r, h.tok_mode)
             total = total + h.tok_weight * out["tok"]
         if self.mlm is not None:
-            masked, positions, targets = mlm_inputs(ids, h.mlm_prob)
-            stages = image_stages(self.encoder, batch["image"], len(self.mlm.depths)) if h.fuse_image else []
+            masked, positions, targets = mlm_inputs(ids, h.mlm_prob, self.mask_id)
+            stages = img.stages if fuse else []
             logits = self.mlm(text_tower(self.encoder), masked, stages, positions=positions)  # (M, V)
             out["mlm"], out["mlm_acc"] = mlm_loss(logits, targets)
             total = total + h.mlm_weight * out["mlm"]

@@ -110,6 +110,7 @@ class OpenCLIPDualEncoder(nn.Module):
             # open_clip builds timm towers at their default size; timm ViTs can be resized in place.
             trunk.set_input_size(img_size=self.image_size)
         self.context_length = int(cfg["text_cfg"].get("context_length", 77))
+        self.export_vocab: int | None = None  # set by add_mask_token: token rows kept on export
         self.image_mean, self.image_std, self.train_augment = image_mean, image_std, train_augment
         if pretrained is not None:
             self.load_pretrained(pretrained, pretrained_grid=pretrained_grid, strict=strict)
@@ -146,9 +147,48 @@ class OpenCLIPDualEncoder(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         weights, config = directory / f"{stem}_model.pt", directory / f"{stem}_config.json"
-        torch.save({k: v.detach().cpu() for k, v in self.model.state_dict().items()}, weights)
+        sd = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        if self.export_vocab is not None:  # drop the train-only <mask> row(s)
+            for key in ("token_embedding.weight", "text.token_embedding.weight"):
+                if key in sd:
+                    sd[key] = sd[key][: self.export_vocab].clone()
+        torch.save(sd, weights)
         config.write_text(json.dumps(self.config, indent=2, sort_keys=True))
         return weights, config
+
+    def add_mask_token(self) -> int:
+        """Append a train-only ``<mask>`` row to the text token embedding and pool text at EOT.
+
+        The new id is the old vocabulary size (49408 for CLIP's BPE, the id
+        ``SimpleTokenizer(additional_special_tokens=['<mask>'])`` gives it). Argmax pooling would
+        pick it as the end of text, so pooling switches to ``eos`` (the first EOT, id 49407),
+        which equals argmax pooling on any text without the new id. :meth:`export` drops the row
+        again, so the exported weights and config are plain CLIP with the original vocabulary.
+        Calling it again returns the same id.
+
+        Returns:
+            The mask token id.
+        """
+        tower = getattr(self.model, "text", self.model)
+        if getattr(tower, "cls_emb", None) is not None or not hasattr(tower, "token_embedding"):
+            raise NotImplementedError("a <mask> token needs a CLIP-style text transformer")
+        if self.export_vocab is not None:
+            return self.export_vocab
+        old = tower.token_embedding
+        vocab, width = old.weight.shape
+        eos_id = 49407
+        new = nn.Embedding(vocab + 1, width).to(old.weight.device, old.weight.dtype)
+        with torch.no_grad():
+            new.weight[:vocab] = old.weight
+            nn.init.normal_(new.weight[vocab:], std=0.02)  # open_clip's token embedding init
+        tower.token_embedding = new
+        for owner, (pool_attr, eos_attr) in ((self.model, ("text_pool_type", "text_eos_id")), (tower, ("pool_type", "eos_id"))):
+            if hasattr(owner, pool_attr):
+                setattr(owner, pool_attr, "eos")
+                setattr(owner, eos_attr, eos_id)
+        self.config["text_cfg"].update(pool_type="eos", eos_id=eos_id)
+        self.export_vocab = vocab
+        return vocab
 
     # ---------------------------------------------------------------- processing
     @property
@@ -174,48 +214,84 @@ class OpenCLIPDualEncoder(nn.Module):
         return int(self.config["embed_dim"])
 
     # ------------------------------------------------------------------- images
-    def encode_image(self, images: Tensor, return_tokens: bool = False, return_attention: bool = False) -> EmbeddingOutput:
+    def encode_image(self, images: Tensor, return_tokens: bool = False, return_attention: bool = False,
+                     return_stages: int = 0) -> EmbeddingOutput:
         """Encode images.
 
         Args:
             images: Normalised image batch.
             return_tokens: Also return every visual token (CLS first) in the joint space.
             return_attention: Also return the last block's head-averaged attention.
+            return_stages: Also return the token features of the last ``return_stages`` stages
+                of the same forward pass: the outputs of the last blocks of a ViT (without the
+                class token), or the last feature maps of a timm tower (flattened).
 
         Returns:
             :class:`EmbeddingOutput` (embedding not normalised).
 
         Shapes:
-            images: (B, 3, H, W) -> embedding (B, D), tokens (B, 1 + h*w, D), attention (B, 1 + h*w, 1 + h*w).
+            images: (B, 3, H, W) -> embedding (B, D), tokens (B, 1 + h*w, D), attention (B, 1 + h*w, 1 + h*w),
+            stages list of (B, N_k, C_k), shallow to deep.
         """
-        if not (return_tokens or return_attention):
+        if not (return_tokens or return_attention or return_stages):
             return EmbeddingOutput(self.model.encode_image(images))
         visual = self.model.visual
         if hasattr(visual, "trunk"):  # timm tower
             if return_attention:
                 raise NotImplementedError("attention maps are only available for open_clip ViT towers")
-            feats = visual.trunk.forward_features(images)
-            if feats.ndim == 4:  # CNN: (B, C, h, w) -> (B, h*w, C)
-                feats = feats.flatten(2).transpose(1, 2)
-            head = [m for name, m in visual.head.named_children() if name in ("drop", "proj", "mlp")]
-            tokens = feats
-            for layer in head:
-                tokens = layer(tokens)  # (B, L, C) -> (B, L, D)
-            mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
-            return EmbeddingOutput(visual(images), tokens, mask)
+            stages = None
+            if return_stages:
+                feats, maps = visual.trunk.forward_intermediates(images, indices=return_stages)
+                stages = [m.flatten(2).transpose(1, 2) if m.ndim == 4 else m for m in maps]  # (B, C, h, w) -> (B, hw, C)
+            else:
+                feats = visual.trunk.forward_features(images)
+            pooled = visual.head(visual.trunk.forward_head(feats))  # = visual(images), without a second pass
+            tokens = self._timm_tokens(visual, feats) if return_tokens else None
+            mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device) if return_tokens else None
+            return EmbeddingOutput(pooled, tokens, mask, stages=stages)
         if getattr(visual, "attn_pool", None) is not None or getattr(visual, "final_ln_after_pool", False):
             raise NotImplementedError("per-token outputs need a ViT tower without attentional pooling")
+        if not hasattr(visual, "conv1"):
+            raise NotImplementedError(f"per-token outputs are not available for {type(visual).__name__} towers")
         x = visual.conv1(images)  # (B, C, h, w)
         x = x.flatten(2).transpose(1, 2)  # (B, h*w, C)
         cls = visual.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], -1, -1)
         x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)  # (B, 1+h*w, C)
         x = visual.ln_pre(visual.patch_dropout(x))
-        x, attn = self._run_transformer(visual.transformer, x, None, return_attention)
+        x, attn, hidden = self._run_transformer(visual.transformer, x, None, return_attention, return_stages)
         x = visual.ln_post(x)
         tokens = x @ visual.proj if visual.proj is not None else x  # (B, L, C) -> (B, L, D)
         pooled = tokens[:, 1:].mean(1) if visual.pool_type == "avg" else tokens[:, 0]
         mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
-        return EmbeddingOutput(pooled, tokens if return_tokens else None, mask if return_tokens else None, attn)
+        stages = [h[:, 1:] for h in hidden] if return_stages else None  # patch tokens only
+        return EmbeddingOutput(pooled, tokens if return_tokens else None, mask if return_tokens else None, attn,
+                               stages)
+
+    @staticmethod
+    def _timm_tokens(visual: nn.Module, feats: Tensor) -> Tensor:
+        """Per-location tokens of a timm tower in the joint space.
+
+        CNN maps: every location goes through the trunk's own head (pooling a 1x1 map is the
+        identity) and then open_clip's head, as if it were the whole image. With average pooling
+        and a linear head the tokens' mean is the global embedding exactly; with a nonlinear head
+        (mobilenetv3's conv head, ``timm_proj=None``) they are in the same space but their mean
+        is not. Token sequences (timm ViTs) and attention-pooled CNNs get open_clip's
+        dropout / projection layers only.
+
+        Shapes:
+            feats: (B, C, h, w) or (B, L, C) -> (B, h*w or L, D).
+        """
+        layers = dict(visual.head.named_children())
+        if feats.ndim == 4 and "pool" not in layers:
+            b, c, h, w = feats.shape
+            cells = feats.permute(0, 2, 3, 1).reshape(b * h * w, c, 1, 1)  # (B*h*w, C, 1, 1)
+            return visual.head(visual.trunk.forward_head(cells)).reshape(b, h * w, -1)
+        if feats.ndim == 4:  # (B, C, h, w) -> (B, h*w, C)
+            feats = feats.flatten(2).transpose(1, 2)
+        for name in ("drop", "proj", "mlp"):
+            if name in layers:
+                feats = layers[name](feats)  # (B, L, C) -> (B, L, D)
+        return feats
 
     # --------------------------------------------------------------------- text
     def encode_text(self, text: Tensor, return_tokens: bool = False, return_attention: bool = False) -> EmbeddingOutput:
@@ -244,7 +320,7 @@ class OpenCLIPDualEncoder(nn.Module):
         seq_len = text.shape[1]
         x = tower.token_embedding(text).to(cast) + tower.positional_embedding[:seq_len].to(cast)  # (B, L, C)
         mask = tower.attn_mask[:seq_len, :seq_len] if tower.attn_mask is not None else None
-        x, attn = self._run_transformer(tower.transformer, x, mask, return_attention)
+        x, attn, _ = self._run_transformer(tower.transformer, x, mask, return_attention)
         x = tower.ln_final(x)
         proj = tower.text_projection
         if proj is None:
@@ -267,19 +343,25 @@ class OpenCLIPDualEncoder(nn.Module):
 
     @staticmethod
     def _run_transformer(
-        transformer: nn.Module, x: Tensor, attn_mask: Tensor | None, return_attention: bool
-    ) -> tuple[Tensor, Tensor | None]:
+        transformer: nn.Module, x: Tensor, attn_mask: Tensor | None, return_attention: bool, keep_last: int = 0
+    ) -> tuple[Tensor, Tensor | None, list[Tensor]]:
+        """Run the blocks; returns the output, the last block's attention (if asked) and the
+        batch-first outputs of the last ``keep_last`` blocks."""
         batch_first = getattr(transformer, "batch_first", True)
         if not batch_first:
             x = x.transpose(0, 1)
         blocks = list(transformer.resblocks)
-        attn = None
+        if keep_last > len(blocks):
+            raise ValueError(f"asked for the last {keep_last} blocks of a {len(blocks)}-block tower")
+        attn, hidden = None, []
         for i, block in enumerate(blocks):
             x, w = _run_block(block, x, attn_mask, return_attention and i == len(blocks) - 1)
             attn = w if w is not None else attn
+            if i >= len(blocks) - keep_last:
+                hidden.append(x if batch_first else x.transpose(0, 1))
         if not batch_first:
             x = x.transpose(0, 1)
-        return x, attn
+        return x, attn, hidden
 
     def forward(self, images: Tensor, text: Tensor) -> tuple[Tensor, Tensor]:
         """Global image and text embeddings (not normalised). Shapes: (B, D), (B, D)."""
