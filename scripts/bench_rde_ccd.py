@@ -12,7 +12,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import glob
 import os
 import subprocess
 import sys
@@ -20,15 +19,12 @@ import tempfile
 
 import numpy as np
 
+from mmembed.eval.runs import latest_version, read_scalars
+
 
 def per_epoch(save_dir: str, tag: str) -> list[float]:
     """Per-epoch values of one scalar from the run's TensorBoard events."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    (version,) = glob.glob(os.path.join(save_dir, "*", "version_*"))
-    acc = EventAccumulator(version, size_guidance={"scalars": 0})
-    acc.Reload()
-    return [e.value for e in sorted(acc.Scalars(tag), key=lambda e: e.step)]
+    return read_scalars(latest_version(save_dir), [tag])[tag]
 
 
 def main() -> None:

@@ -24,14 +24,13 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
-import subprocess
 import sys
-import time
 
 import numpy as np
+
+from mmembed.eval.runs import Job, latest_version, read_scalars, run_jobs
 
 CONFIG = "experiments/rde/synth_pedes.yaml"
 IRRA_CONFIG = "experiments/rde/irra_synth_pedes.yaml"  # same world, noise and starting encoder
@@ -125,36 +124,11 @@ def train_all(args: argparse.Namespace, todo: list[tuple[float, str, int]]) -> N
     Raises:
         RuntimeError: If a training exits with an error (the others are still awaited).
     """
-    threads = max(1, (os.cpu_count() or 1) // max(1, args.jobs))
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    pending, running, failed = list(todo), [], []
-    while pending or running:
-        while pending and len(running) < max(1, args.jobs):
-            rate, run, seed = pending.pop(0)
-            save_dir = run_dir(args.out, rate, run, seed)
-            os.makedirs(save_dir, exist_ok=True)
-            cmd = command(args, rate, run, seed)
-            log = open(os.path.join(save_dir, "fit.log"), "w")  # noqa: SIM115 (closed when the run ends)
-            print(f"training noise={rate:g} run={run} seed={seed} ...", flush=True)
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-            running.append((proc, log, save_dir, cmd, time.perf_counter()))
-        time.sleep(0.5)
-        for item in [r for r in running if r[0].poll() is not None]:
-            proc, log, save_dir, cmd, start = item
-            running.remove(item)
-            log.close()
-            with open(os.path.join(save_dir, "fit.log")) as f:  # a stopped run can exit 0 (SIGTERM)
-                finished = f"`max_epochs={args.epochs}` reached" in f.read()
-            if proc.returncode or not finished:
-                failed.append(f"{save_dir}/fit.log: {' '.join(cmd)}")
-                print(f"  FAILED (exit {proc.returncode}, finished={finished}): see {save_dir}/fit.log", flush=True)
-                continue
-            seconds = time.perf_counter() - start
-            with open(os.path.join(save_dir, "done"), "w") as f:
-                f.write(f"{seconds:.1f}\n")
-            print(f"  {save_dir}: done in {seconds:.0f} s", flush=True)
-    if failed:
-        raise RuntimeError("runs failed:\n" + "\n".join(failed))
+    def finished(log: str) -> bool:  # a stopped run can exit 0 (SIGTERM)
+        return f"`max_epochs={args.epochs}` reached" in log
+
+    run_jobs([Job(f"noise={rate:g} run={run} seed={seed}", run_dir(args.out, rate, run, seed),
+                  [command(args, rate, run, seed)], finished) for rate, run, seed in todo], args.jobs)
 
 
 HISTORY = ("val/t2i_r1", "val/t2i_map", "val/t2i_bge_r1", "val/t2i_tse_r1", "train/ccd_precision",
@@ -173,16 +147,11 @@ def read_run(save_dir: str) -> dict:
         BGE cosine statistics (NaN when absent); mean ``ccd_seconds`` / ``epoch_seconds``; and
         ``history``, the per-epoch values of every tag in ``HISTORY`` that was logged.
     """
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    versions = sorted(glob.glob(os.path.join(save_dir, "*_synth_pedes", "version_*")),
-                      key=lambda v: int(v.rsplit("_", 1)[1]))
-    acc = EventAccumulator(versions[-1], size_guidance={"scalars": 0})
-    acc.Reload()
-    tags = set(acc.Tags()["scalars"])
+    version = latest_version(save_dir, "*_synth_pedes")
+    scalars = read_scalars(version)
 
     def values(tag: str) -> list[float]:
-        return [e.value for e in sorted(acc.Scalars(tag), key=lambda e: e.step)] if tag in tags else []
+        return scalars.get(tag, [])
 
     r1, mp = values("val/t2i_r1"), values("val/t2i_map")
     nan = float("nan")
@@ -198,8 +167,8 @@ def read_run(save_dir: str) -> dict:
            "epoch_seconds": mean(values("train/epoch_seconds"))}
     for tag in HISTORY[4:]:
         out[tag.split("/", 1)[1]] = last(values(tag))
-    out["history"] = {tag: values(tag) for tag in HISTORY if tag in tags}
-    out["encoder_drift"] = encoder_drift(versions[-1])
+    out["history"] = {tag: values(tag) for tag in HISTORY if tag in scalars}
+    out["encoder_drift"] = encoder_drift(version)
     return out
 
 
