@@ -42,3 +42,29 @@ def test_fit_logs_every_term_and_exports_a_plain_open_clip_model(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(model.encode_image(images), encoder.encode_image(images).embedding)
         torch.testing.assert_close(model.encode_text(text), encoder.encode_text(text).embedding)
+
+
+FASHION = str(REPO / "experiments" / "lightclip" / "fashion_mnist.yaml")
+FASHION_ROOT = Path("/usr/share/datasets/fashion-mnist")
+TINY = ('{"embed_dim": 32, "vision_cfg": {"image_size": 28, "patch_size": 7, "width": 32, "layers": 3, '
+        '"head_width": 16}, "text_cfg": {"context_length": 24, "width": 32, "heads": 2, "layers": 3}}')
+
+
+def test_fashion_mnist_fit_then_test_reports_zero_shot_on_the_test_images(tmp_path):
+    import pytest
+
+    if not (FASHION_ROOT / "t10k-images-idx3-ubyte.gz").exists():
+        pytest.skip("apt-get install dataset-fashion-mnist (.ci/run installs it)")
+    small = ["--data.init_args.max_train=256", "--data.init_args.batch_size=64", "--data.init_args.max_eval=300",
+             f"--model.init_args.encoder.init_args.model_config={TINY}", "--trainer.max_epochs=1",
+             f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}", "--trainer.enable_progress_bar=false"]
+    fit = main(["fit", "-c", FASHION, *small])
+    assert "val/zeroshot_top1" in fit.trainer.callback_metrics and "val/i2t_r1" in fit.trainer.callback_metrics
+    run = Path(fit.trainer.log_dir)
+    test = main(["test", "-c", str(run / "config.yaml"), "--ckpt_path", str(run / "checkpoints" / "last.ckpt"),
+                 f"--trainer.logger.init_args.save_dir={tmp_path / 'test'}"])
+    metrics = test.trainer.callback_metrics
+    assert len(test.datamodule.eval_datasets("test")[1]) == 300  # max_eval of the test split
+    for key in ("test/zeroshot_top1", "test/zeroshot_top5", "test/t2i_r1", "test/i2t_r1"):
+        assert key in metrics, key
+    assert 0 <= float(metrics["test/zeroshot_top1"]) <= float(metrics["test/zeroshot_top5"]) <= 100

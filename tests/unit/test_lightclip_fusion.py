@@ -39,6 +39,30 @@ def test_image_stages_for_vit_and_cnn_towers():
     assert [s.shape for s in stages] == [(2, 64, 128), (2, 16, 256), (2, 4, 512)]  # shallow to deep
 
 
+def test_stages_come_from_the_contrastive_forward_and_match_the_towers_own_intermediates():
+    images = torch.randn(2, 3, 16, 16)
+    vit = vit_encoder().eval()
+    with torch.no_grad():
+        out = vit.encode_image(images, return_tokens=True, return_stages=2)
+        torch.testing.assert_close(out.embedding, vit.encode_image(images).embedding)  # same pass, same result
+        ref = vit.model.visual.forward_intermediates(images, indices=2, intermediates_only=True, output_fmt="NLC")
+    for got, want in zip(out.stages, ref["image_intermediates"], strict=True):
+        torch.testing.assert_close(got, want)
+    cnn = OpenCLIPDualEncoder(model_config={
+        "embed_dim": 32, "text_cfg": dict(TEXT),
+        "vision_cfg": {"timm_model_name": "efficientnet_b0", "timm_model_pretrained": False, "timm_pool": "avg",
+                       "timm_proj": "linear", "image_size": 64}}).eval()
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        out = cnn.encode_image(images, return_tokens=True, return_stages=3)
+        torch.testing.assert_close(out.embedding, cnn.encode_image(images).embedding, rtol=1e-4, atol=1e-5)
+        maps = cnn.model.visual.trunk.forward_intermediates(images, indices=3, intermediates_only=True)
+    for got, want in zip(out.stages, maps, strict=True):
+        torch.testing.assert_close(got, want.flatten(2).transpose(1, 2))
+    with pytest.raises(ValueError, match="Lower num_fusions"):
+        FusionMLM.from_encoder(vit_encoder(), num_fusions=4)  # a 3-block image tower has 3 stages
+
+
 def test_zeroed_fusion_blocks_leave_the_text_pass_unchanged_and_head_is_tied():
     enc = vit_encoder().eval()
     mlm = FusionMLM.from_encoder(enc, num_fusions=3).eval()

@@ -124,7 +124,11 @@ class FusionMLM(nn.Module):
         was_training = encoder.training
         with torch.no_grad():
             dummy = torch.zeros(1, 3, *encoder.image_size)
-            dims = [st.shape[-1] for st in image_stages(encoder.eval(), dummy, num_fusions)]
+            try:
+                dims = [st.shape[-1] for st in image_stages(encoder.eval(), dummy, num_fusions)]
+            except (ValueError, IndexError) as err:
+                raise ValueError(f"{num_fusions} fusion blocks need {num_fusions} image stages: {err}. Lower "
+                                 "num_fusions or use a deeper image tower.") from err
         encoder.train(was_training)
         vocab, width = tower.token_embedding.weight.shape
         return cls(width, tower.transformer.resblocks[0].attn.num_heads, len(tower.transformer.resblocks),
