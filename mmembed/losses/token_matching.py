@@ -73,7 +73,8 @@ def token_matching_loss(
     tau: float = 0.1,
     r: int | None = None,
     mode: MatchMode = "relaxed",
-) -> Tensor:
+    return_matched_cosine: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """LightCLIP's token-level loss over the matched pairs of a batch.
 
     Per pair ``i``: ``S = W_i V_i^T`` (cosines of normalised tokens), ``T`` = the assignment of
@@ -88,9 +89,12 @@ def token_matching_loss(
         tau: Softmax temperature over patches.
         r: Patches per word (``relaxed``); None: ``max(1, P // M_i)``.
         mode: ``relaxed``, ``strict`` or ``argmax`` (see :func:`match_tokens`).
+        return_matched_cosine: Also return the mean cosine of the matched (word, patch) pairs
+            (detached; NaN when nothing is matched), the statistic to watch for alignment.
 
     Returns:
-        Scalar loss (0 with no gradient path when no pair has a word).
+        Scalar loss (0 with no gradient path when no pair has a word), and the mean matched
+        cosine if asked.
 
     Shapes:
         word_tokens: (B, L, D); patch_tokens: (B, P, D); word_mask: (B, L) -> ().
@@ -108,9 +112,12 @@ def token_matching_loss(
     assign_t = torch.from_numpy(assign).to(sim.device)
     matched = assign_t.any(-1)  # (B, L): words with at least one patch
     per_pair = matched.sum(-1)  # (B,)
+    cosine = sim.detach()[assign_t].mean() if bool(assign_t.any()) else sim.new_tensor(float("nan"))
     if not bool((per_pair > 0).any()):
-        return word_tokens.sum() * 0.0
+        zero = word_tokens.sum() * 0.0
+        return (zero, cosine) if return_matched_cosine else zero
     targets = assign_t.float() / assign_t.sum(-1, keepdim=True).clamp_min(1)  # rows spread over the patches
     ce = -(targets * torch.log_softmax(sim / tau, dim=-1)).sum(-1)  # (B, L), 0 on unmatched rows
     per_pair_loss = ce.sum(-1) / per_pair.clamp_min(1)  # mean over the pair's matched words
-    return per_pair_loss[per_pair > 0].mean()
+    loss = per_pair_loss[per_pair > 0].mean()
+    return (loss, cosine) if return_matched_cosine else loss

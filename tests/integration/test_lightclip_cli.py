@@ -18,7 +18,7 @@ def test_fit_logs_every_term_and_exports_a_plain_open_clip_model(tmp_path):
                 "--trainer.max_epochs=2", f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}",
                 f"--trainer.default_root_dir={tmp_path / 'root'}"])
     metrics = cli.trainer.callback_metrics
-    for key in ("train/ins", "train/tok", "train/mlm", "train/mlm_acc", "train/alpha", "train/logit_scale",
+    for key in ("train/ins", "train/tok", "train/tok_cos", "train/mlm", "train/mlm_acc", "train/alpha", "train/logit_scale",
                 "val/t2i_r1"):
         assert key in metrics, key
     assert 0.0 < float(metrics["train/alpha"]) <= 0.2  # ramping up from 0 during training

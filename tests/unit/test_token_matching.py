@@ -101,18 +101,20 @@ def test_batched_loss_equals_a_per_pair_loop(mode):
     mask = torch.rand(b, length) < 0.7
     mask[3] = False  # a pair without words
     mask[0, :7] = True  # 7 words > 4 patches: some words get no patch under strict / relaxed
-    losses = []
+    losses, matched = [], []  # matched: cosines of the matched (word, patch) pairs
     for i in range(b):
         if not mask[i].any():
             continue
         sim = F.normalize(words[i][mask[i]], dim=-1) @ F.normalize(patches[i], dim=-1).T
         a = torch.as_tensor(match_tokens(sim, mode=mode))
+        matched.append(sim[a])
         keep = a.any(1)
         t = a[keep].float() / a[keep].float().sum(1, keepdim=True)
         losses.append(-(t * torch.log_softmax(sim[keep] / tau, 1)).sum(1).mean())
     expected = torch.stack(losses).mean()
-    got = token_matching_loss(words, patches, mask, tau=tau, mode=mode)
+    got, cosine = token_matching_loss(words, patches, mask, tau=tau, mode=mode, return_matched_cosine=True)
     torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(cosine, torch.cat(matched).mean().detach())
     g_expected = torch.autograd.grad(expected, (words, patches))
     g_got = torch.autograd.grad(got, (words, patches))
     for a, e in zip(g_got, g_expected, strict=True):

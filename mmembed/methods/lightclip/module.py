@@ -127,7 +127,8 @@ class LightCLIPModule(EmbeddingModule):
         if need_tokens:
             words = txt.mask & (ids > 0) & (ids < FIRST_SPECIAL_ID)  # (B, L): no SOT / EOT / padding / mask
             patches = img.tokens[:, self._prefix_tokens:]  # (B, P, D)
-            out["tok"] = token_matching_loss(txt.tokens, patches, words, h.tok_tau, h.tok_r, h.tok_mode)
+            out["tok"], out["tok_cos"] = token_matching_loss(txt.tokens, patches, words, h.tok_tau, h.tok_r,
+                                                             h.tok_mode, return_matched_cosine=True)
             total = total + h.tok_weight * out["tok"]
         if self.mlm is not None:
             masked, positions, targets = mlm_inputs(ids, h.mlm_prob, self.mask_id)
