@@ -87,6 +87,22 @@ def test_zeroed_fusion_blocks_leave_the_text_pass_unchanged_and_head_is_tied():
     assert not any(n.startswith("token_embedding") for n, _ in mlm.named_parameters())  # not a copy
 
 
+def test_bidirectional_mlm_pass_sees_later_words_and_causal_does_not():
+    enc = vit_encoder().eval()
+    tower = text_tower(enc)
+    ids = enc.tokenizer(["a red square", "a red cross"])  # differ only after position 2
+    stages = image_stages(enc, torch.zeros(2, 3, 16, 16), 3)
+    positions = torch.zeros_like(ids, dtype=torch.bool)
+    positions[:, 2] = True  # "red": same word, same image, different continuation
+    with torch.no_grad():
+        causal = FusionMLM.from_encoder(enc, num_fusions=3)(tower, ids, stages, positions)
+        torch.manual_seed(0)
+        both = FusionMLM.from_encoder(enc, num_fusions=3, bidirectional=True)
+        bidir = both(tower, ids, stages, positions)
+    torch.testing.assert_close(causal[0], causal[1])  # position 2 cannot see "square" / "cross"
+    assert not torch.allclose(bidir[0], bidir[1])
+
+
 @pytest.mark.parametrize("fuse", [True, False])
 def test_masked_colour_is_learnt_only_with_image_fusion(fuse):
     # the masked word is the image's colour: only the fused image can tell it

@@ -101,6 +101,8 @@ class FusionMLM(nn.Module):
         vocab_size: Rows of the token embedding.
         stage_dims: Channels of the K image stages, shallow to deep (K fusion blocks).
         fuse_image: Attend to image stages (False: plain text MLM, the "fusion off" ablation).
+        bidirectional: Run the masked pass without the tower's causal mask (every position sees
+            the whole caption); False keeps the tower's own mask.
 
     Shapes:
         forward: masked_ids (B, L), stages list of (B, N_k, C_k) -> logits (B, L, V), or (M, V)
@@ -108,8 +110,9 @@ class FusionMLM(nn.Module):
     """
 
     def __init__(self, width: int, heads: int, num_layers: int, vocab_size: int, stage_dims: list[int],
-                 fuse_image: bool = True) -> None:
+                 fuse_image: bool = True, bidirectional: bool = False) -> None:
         super().__init__()
+        self.bidirectional = bidirectional
         self.depths = fusion_depths(num_layers, len(stage_dims))
         self.fuse_image = fuse_image
         self.fusions = nn.ModuleList(FusionBlock(width, heads, d) for d in stage_dims) if fuse_image else nn.ModuleList()
@@ -117,7 +120,8 @@ class FusionMLM(nn.Module):
         self.bias = nn.Parameter(torch.zeros(vocab_size))
 
     @classmethod
-    def from_encoder(cls, encoder: nn.Module, num_fusions: int = 3, fuse_image: bool = True) -> FusionMLM:
+    def from_encoder(cls, encoder: nn.Module, num_fusions: int = 3, fuse_image: bool = True,
+                     bidirectional: bool = False) -> FusionMLM:
         """Size the branch for an :class:`~mmembed.nn.encoders.open_clip.OpenCLIPDualEncoder`
         (image stage widths come from one dummy forward)."""
         tower = text_tower(encoder)
@@ -132,14 +136,15 @@ class FusionMLM(nn.Module):
         encoder.train(was_training)
         vocab, width = tower.token_embedding.weight.shape
         return cls(width, tower.transformer.resblocks[0].attn.num_heads, len(tower.transformer.resblocks),
-                   vocab, dims, fuse_image)
+                   vocab, dims, fuse_image, bidirectional)
 
     def forward(self, tower: nn.Module, masked_ids: Tensor, stages: list[Tensor],
                 positions: Tensor | None = None) -> Tensor:
         cast = tower.transformer.get_cast_dtype()
         seq_len = masked_ids.shape[1]
         x = tower.token_embedding(masked_ids).to(cast) + tower.positional_embedding[:seq_len].to(cast)  # (B, L, W)
-        mask = tower.attn_mask[:seq_len, :seq_len] if tower.attn_mask is not None else None
+        causal = tower.attn_mask is not None and not self.bidirectional
+        mask = tower.attn_mask[:seq_len, :seq_len] if causal else None
         batch_first = getattr(tower.transformer, "batch_first", True)
         for layer, block in enumerate(tower.transformer.resblocks, start=1):
             x = block(x if batch_first else x.transpose(0, 1), attn_mask=mask)

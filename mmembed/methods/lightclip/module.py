@@ -48,6 +48,9 @@ class LightCLIPModule(EmbeddingModule):
             last BPE merge (49405) as the mask and leaves the encoder untouched.
         num_fusions: Fusion blocks K (after text layers ``ceil(k L / K)``).
         fuse_image: Let the MLM pass attend to image stages (False: text-only MLM ablation).
+        mlm_bidirectional: Drop the text tower's causal mask in the MLM pass only (a causal
+            tower otherwise predicts a masked word from the words before it). A tower built with
+            ``text_cfg.no_causal_mask: true`` is bidirectional in both passes.
         local_loss, gather: Cross-rank gathering of L_ins (see ``ProgressiveSoftClipLoss``).
         optimizer, lr_scheduler, lr_scheduler_interval, no_decay_1d, ks, eval_chunk_size,
         plot_queries, plot_top_k, export_encoder: See :class:`~mmembed.lit.embedding_module.EmbeddingModule`.
@@ -72,6 +75,7 @@ class LightCLIPModule(EmbeddingModule):
         mask_token: Literal["extra", "reuse"] = "extra",
         num_fusions: int = 3,
         fuse_image: bool = True,
+        mlm_bidirectional: bool = False,
         local_loss: bool = True,
         gather: bool = True,
         optimizer: OptimizerCallable = torch.optim.AdamW,
@@ -97,7 +101,8 @@ class LightCLIPModule(EmbeddingModule):
         self.mask_id = MASK_ID
         if mlm_weight > 0 and mask_token == "extra":
             self.mask_id = encoder.add_mask_token()  # before the head ties itself to the embedding
-        self.mlm = FusionMLM.from_encoder(encoder, num_fusions, fuse_image) if mlm_weight > 0 else None
+        self.mlm = (FusionMLM.from_encoder(encoder, num_fusions, fuse_image, mlm_bidirectional)
+                    if mlm_weight > 0 else None)
         visual = encoder.model.visual
         # tokens ahead of the patches: open_clip ViT has a class token; timm towers say how many
         self._prefix_tokens = getattr(visual.trunk, "num_prefix_tokens", 0) if hasattr(visual, "trunk") else 1
