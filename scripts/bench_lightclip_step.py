@@ -19,20 +19,15 @@ import time
 import torch
 import torch.nn.functional as F
 
-VARIANTS = {
-    "plain": {"alpha_max": 0.0, "tok_weight": 0.0, "mlm_weight": 0.0},
-    "+soft": {"alpha_max": 0.2, "tok_weight": 0.0, "mlm_weight": 0.0},
-    "+tok": {"alpha_max": 0.0, "tok_weight": 1.0, "mlm_weight": 0.0},
-    "+mlm": {"alpha_max": 0.0, "tok_weight": 0.0, "mlm_weight": 1.0},
-    "full": {"alpha_max": 0.2, "tok_weight": 1.0, "mlm_weight": 1.0},
-}
+from mmembed.methods.lightclip.module import ABLATIONS
+
 
 
 def build(config: str, variant: str, batch_size: int) -> tuple[torch.nn.Module, dict]:
     """The module of one variant and a training batch, through the CLI parser."""
     from mmembed.cli import main
 
-    options = [f"--model.init_args.{k}={v}" for k, v in VARIANTS[variant].items()]
+    options = [f"--model.init_args.{k}={v}" for k, v in ABLATIONS[variant].items()]
     cli = main(["-c", config, "--trainer.logger=false", "--trainer.callbacks=null",
                 f"--data.init_args.batch_size={batch_size}", "--data.init_args.num_workers=0", *options], run=False)
     cli.datamodule.setup("fit")
@@ -101,8 +96,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3, help="rounds over the variants (alternating)")
     args = p.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.config}, batch {args.batch_size}")
-    built = {name: build(args.config, name, args.batch_size) for name in VARIANTS}
-    times: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    built = {name: build(args.config, name, args.batch_size) for name in ABLATIONS}
+    times: dict[str, list[float]] = {name: [] for name in ABLATIONS}
     for _ in range(args.repeats):
         for name, (model, batch) in built.items():
             times[name] += step_times(model, batch, args.steps)

@@ -31,14 +31,8 @@ import sys
 import numpy as np
 
 from mmembed.eval.runs import Job, latest_version, read_scalars, run_jobs
+from mmembed.methods.lightclip.module import ABLATIONS
 
-VARIANTS = {
-    "plain": {"alpha_max": 0.0, "tok_weight": 0.0, "mlm_weight": 0.0},
-    "+soft": {"alpha_max": 0.2, "tok_weight": 0.0, "mlm_weight": 0.0},
-    "+tok": {"alpha_max": 0.0, "tok_weight": 1.0, "mlm_weight": 0.0},
-    "+mlm": {"alpha_max": 0.0, "tok_weight": 0.0, "mlm_weight": 1.0},
-    "full": {"alpha_max": 0.2, "tok_weight": 1.0, "mlm_weight": 1.0},
-}
 DATASETS = {
     "fashion_mnist": "experiments/lightclip/fashion_mnist.yaml",
     "synth_pedes": "experiments/lightclip/synth_pedes.yaml",
@@ -53,7 +47,7 @@ def parse_args() -> argparse.Namespace:
     """Parses the command line."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seed_everything values")
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--variants", nargs="+", default=list(ABLATIONS), choices=list(ABLATIONS))
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     p.add_argument("--fashion-steps", type=int, default=250, help="Fashion-MNIST training steps (batch 128)")
     p.add_argument("--pedes-epochs", type=int, default=8, help="SynthPedes epochs (35 steps of 64 each)")
@@ -79,7 +73,7 @@ def budget(args: argparse.Namespace, dataset: str) -> list[str]:
 def job(args: argparse.Namespace, dataset: str, variant: str, seed: int) -> Job:
     """Fit then test one (dataset, variant, seed) through the CLI."""
     folder = os.path.join(args.out, dataset, variant, f"seed{seed}")
-    options = [f"--model.init_args.{k}={v}" for k, v in VARIANTS[variant].items()]
+    options = [f"--model.init_args.{k}={v}" for k, v in ABLATIONS[variant].items()]
     fit = [sys.executable, "-m", "mmembed", "fit", "-c", DATASETS[dataset], *budget(args, dataset), *options,
            f"--seed_everything={seed}", "--trainer.enable_progress_bar=false",
            f"--trainer.logger.init_args.save_dir={folder}/fit", *args.extra]

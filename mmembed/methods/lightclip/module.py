@@ -28,6 +28,17 @@ from mmembed.methods.lightclip.fusion import FusionMLM, text_tower
 from mmembed.nn.mlm import FIRST_SPECIAL_ID, MASK_ID, mlm_inputs, mlm_loss
 
 
+# The ablation grid of scripts/study_lightclip.py and scripts/bench_lightclip_step.py: LightCLIPModule
+# overrides that switch each term on alone ("+x") or all together ("full", the method's defaults).
+ABLATIONS: dict[str, dict[str, float]] = {
+    "plain": {"alpha_max": 0.0, "tok_weight": 0.0, "mlm_weight": 0.0},
+    "+soft": {"alpha_max": 0.2, "tok_weight": 0.0, "mlm_weight": 0.0},
+    "+tok": {"alpha_max": 0.0, "tok_weight": 1.0, "mlm_weight": 0.0},
+    "+mlm": {"alpha_max": 0.0, "tok_weight": 0.0, "mlm_weight": 1.0},
+    "full": {"alpha_max": 0.2, "tok_weight": 1.0, "mlm_weight": 1.0},
+}
+
+
 class LightCLIPModule(EmbeddingModule):
     """LightCLIP on an open_clip dual encoder (ViT or timm/CNN image tower).
 
