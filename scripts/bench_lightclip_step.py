@@ -22,7 +22,6 @@ import torch.nn.functional as F
 from mmembed.methods.lightclip.module import ABLATIONS
 
 
-
 def build(config: str, variant: str, batch_size: int) -> tuple[torch.nn.Module, dict]:
     """The module of one variant and a training batch, through the CLI parser."""
     from mmembed.cli import main
