@@ -19,6 +19,16 @@ FIRST_SPECIAL_ID = 49405  # ids >= this are never words: the repurposed merge, S
 IGNORE_INDEX = 0  # label of positions that are not predicted (0 is padding in CLIP ids)
 
 
+def word_positions(ids: Tensor) -> Tensor:
+    """True at word tokens of CLIP BPE ids: not padding (0), SOT, EOT, the repurposed merge 49405
+    or an added ``<mask>`` (49408).
+
+    Shapes:
+        ids (B, L) -> (B, L) bool.
+    """
+    return (ids > 0) & (ids < FIRST_SPECIAL_ID)
+
+
 def mlm_mask(
     ids: Tensor,
     prob: float = 0.15,
@@ -50,7 +60,7 @@ def mlm_mask(
     """
     if not 0.0 < prob <= 1.0:
         raise ValueError(f"prob must be in (0, 1], got {prob}")
-    word = (ids > 0) & (ids < FIRST_SPECIAL_ID)  # (B, L)
+    word = word_positions(ids)  # (B, L)
     u = torch.rand(ids.shape, generator=generator, device=ids.device)
     kind = torch.rand(ids.shape, generator=generator, device=ids.device)
     selected = word & (u < prob)

@@ -25,7 +25,7 @@ from mmembed.lit.embedding_module import EmbeddingModule
 from mmembed.losses.progressive import ProgressiveSoftClipLoss, SoftMode, alpha_schedule
 from mmembed.losses.token_matching import MatchMode, token_matching_loss
 from mmembed.methods.lightclip.fusion import FusionMLM, text_tower
-from mmembed.nn.mlm import FIRST_SPECIAL_ID, MASK_ID, mlm_inputs, mlm_loss
+from mmembed.nn.mlm import MASK_ID, mlm_inputs, mlm_loss, word_positions
 
 
 # The ablation grid of scripts/study_lightclip.py and scripts/bench_lightclip_step.py: LightCLIPModule
@@ -141,7 +141,7 @@ class LightCLIPModule(EmbeddingModule):
         out: dict[str, Tensor] = {"ins": self.loss(image, text)}
         total = out["ins"]
         if need_tokens:
-            words = txt.mask & (ids > 0) & (ids < FIRST_SPECIAL_ID)  # (B, L): no SOT / EOT / padding / mask
+            words = txt.mask & word_positions(ids)  # (B, L): no SOT / EOT / padding / mask
             patches = img.tokens[:, self._prefix_tokens:]  # (B, P, D)
             out["tok"], out["tok_cos"] = token_matching_loss(txt.tokens, patches, words, h.tok_tau, h.tok_r,
                                                              h.tok_mode, return_matched_cosine=True)

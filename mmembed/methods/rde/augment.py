@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mmembed.nn.mlm import FIRST_SPECIAL_ID, MASK_ID
+from mmembed.nn.mlm import FIRST_SPECIAL_ID, MASK_ID, word_positions
 
 __all__ = ["FIRST_SPECIAL_ID", "MASK_ID", "augment_tokens"]
 
@@ -38,7 +38,7 @@ def augment_tokens(
     """
     if p <= 0:
         return ids
-    word = (ids > 0) & (ids < FIRST_SPECIAL_ID)  # (B, L)
+    word = word_positions(ids)  # (B, L)
     u = torch.rand(ids.shape, generator=generator, device=ids.device)
     kind = torch.rand(ids.shape, generator=generator, device=ids.device)
     altered = word & (u < p)
