@@ -11,8 +11,8 @@ last checkpoint with ``mmembed test``:
 * ``full``: all three (LightCLIP).
 
 Fashion-MNIST: ``experiments/lightclip/fashion_mnist.yaml`` at the study budget (``--fashion-steps``
-steps of batch 128 in one pass over the first ``steps x 128`` training images, warm-up then
-cosine per step); reported on the 10,000 test images: zero-shot top-1 / top-5 (class names x
+steps of batch 128, in one pass over the first ``steps x 128`` training images, or in the fewest
+equal passes that fit the 55,000; warm-up then cosine per step); reported on the 10,000 test images: zero-shot top-1 / top-5 (class names x
 held-out templates) and class-level caption <-> image R@1. SynthPedes:
 ``experiments/lightclip/synth_pedes.yaml`` for ``--pedes-epochs`` epochs; reported on the test
 identities: caption -> image R@1 / mAP and image -> caption R@1.
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -61,9 +62,13 @@ def parse_args() -> argparse.Namespace:
 def budget(args: argparse.Namespace, dataset: str) -> list[str]:
     """The study budget's overrides of a dataset config."""
     if dataset == "fashion_mnist":
+        # as few passes as fit the 55,000 training images, each over the same first images
         steps, batch = args.fashion_steps, 128
-        return [f"--data.init_args.batch_size={batch}", f"--data.init_args.max_train={steps * batch}",
-                "--trainer.max_epochs=1", "--model.init_args.lr_scheduler_interval=step",
+        epochs = math.ceil(steps * batch / 55000)
+        if steps % epochs:
+            raise SystemExit(f"--fashion-steps {steps} needs {epochs} passes; give a multiple of {epochs}")
+        return [f"--data.init_args.batch_size={batch}", f"--data.init_args.max_train={steps // epochs * batch}",
+                f"--trainer.max_epochs={epochs}", "--model.init_args.lr_scheduler_interval=step",
                 f"--model.init_args.lr_scheduler.init_args.warmup={max(1, steps // 10)}",
                 f"--model.init_args.lr_scheduler.init_args.total={steps}"]
     return [f"--trainer.max_epochs={args.pedes_epochs}",

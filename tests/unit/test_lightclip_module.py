@@ -57,3 +57,25 @@ def test_each_branch_runs_only_when_weighted_and_the_total_adds_up(tiny_encoder,
     torch.testing.assert_close(out["loss"].detach(), torch.as_tensor(expected))
     out["loss"].backward()
     assert module.encoder.model.visual.conv1.weight.grad is not None
+
+
+@pytest.mark.parametrize(("name", "proj"), [("mobilenetv3_small_050", None), ("efficientnet_b0", "linear")])
+def test_full_loss_trains_a_timm_cnn_tower(name, proj):
+    from mmembed.nn.encoders.open_clip import OpenCLIPDualEncoder
+
+    torch.manual_seed(0)
+    encoder = OpenCLIPDualEncoder(model_config={
+        "embed_dim": 32,
+        "vision_cfg": {"timm_model_name": name, "timm_model_pretrained": False, "timm_pool": "avg",
+                       "timm_proj": proj, "image_size": 64},
+        "text_cfg": {"context_length": 12, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 3}})
+    module = LightCLIPModule(encoder, num_fusions=3).train()
+    b = batch(encoder)
+    b["image"] = torch.randn(4, 3, 64, 64)
+    out = module.compute_loss(b)
+    assert all(torch.isfinite(out[k]) for k in ("ins", "tok", "mlm"))
+    out["loss"].backward()
+    fused = [p.grad for block in module.mlm.fusions for p in block.adapter.parameters()]
+    assert all(g is not None and g.abs().sum() > 0 for g in fused)  # the CNN stages reach the MLM loss
+    trunk_grads = [p.grad for p in encoder.model.visual.trunk.parameters() if p.grad is not None]
+    assert trunk_grads and any(g.abs().sum() > 0 for g in trunk_grads)
