@@ -199,3 +199,22 @@ def test_processor_transforms_non_square(encoder):
     img = Image.new("RGB", (50, 120), (200, 10, 10))
     assert proc.eval_image_transform(img).shape == (3, 32, 16)
     assert proc.train_image_transform(img).shape == (3, 32, 16)
+
+
+def test_pseudo_token_equals_the_real_word(encoder):
+    # composed-query invariant: writing a word's own embedding into the "$" slot gives encode_text
+    # of the sentence with that word
+    words = encoder.tokenizer(["red", "tall"])[:, 1]  # single-token words
+    prompts = encoder.tokenizer(["a photo of $ that is small", "a photo of $ that is small"])
+    plain = encoder.tokenizer(["a photo of red that is small", "a photo of tall that is small"])
+    assert (prompts == 259).sum(1).tolist() == [1, 1]
+    with torch.no_grad():
+        pseudo = encoder.model.token_embedding.weight[words]  # (2, W)
+        got = encoder.encode_text(prompts, pseudo_tokens=pseudo).embedding
+        want = encoder.encode_text(plain).embedding
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    grad_in = pseudo.clone().requires_grad_(True)
+    encoder.encode_text(prompts, pseudo_tokens=grad_in).embedding.sum().backward()
+    assert grad_in.grad.abs().sum() > 0  # the projection module trains through the slot
+    with pytest.raises(ValueError, match="no pseudo-token placeholder"):
+        encoder.encode_text(encoder.tokenizer(["a photo", "a photo of $"]), pseudo_tokens=pseudo)

@@ -17,6 +17,8 @@ from mmembed.nn.encoders.checkpoints import load_state_dict_file, resize_pos_emb
 from mmembed.nn.encoders.transforms import OPENAI_MEAN, OPENAI_STD, TrainAugment, build_image_transforms
 from mmembed.types import EmbeddingOutput, Processor
 
+PSEUDO_TOKEN_ID = 259  # CLIP BPE id of a stand-alone "$" ("$</w>"), the pseudo-word slot of composed queries
+
 
 def _run_block(block: nn.Module, x: Tensor, attn_mask: Tensor | None, need_weights: bool) -> tuple[Tensor, Tensor | None]:
     """Run one open_clip residual block, optionally returning head-averaged attention."""
@@ -294,31 +296,53 @@ class OpenCLIPDualEncoder(nn.Module):
         return feats
 
     # --------------------------------------------------------------------- text
-    def encode_text(self, text: Tensor, return_tokens: bool = False, return_attention: bool = False) -> EmbeddingOutput:
-        """Encode token ids.
+    def encode_text(self, text: Tensor, return_tokens: bool = False, return_attention: bool = False,
+                    pseudo_tokens: Tensor | None = None, pseudo_token_id: int = PSEUDO_TOKEN_ID) -> EmbeddingOutput:
+        """Encode token ids, optionally with pseudo-word tokens written into the input.
 
         Args:
             text: Token ids from :attr:`tokenizer`.
             return_tokens: Also return every position in the joint space, with a
                 mask that is True up to and including EOT.
             return_attention: Also return the last block's head-averaged attention.
+            pseudo_tokens: One input-embedding vector per caption (composed retrieval: the
+                projection of an image). It replaces the token embedding at every position whose
+                id is ``pseudo_token_id`` before the positional embedding is added; the rest of the
+                pass (causal mask, final norm, EOT pooling, projection) is unchanged.
+            pseudo_token_id: The placeholder id: 259 is a stand-alone ``$`` in CLIP's BPE
+                (``"a photo of $ that is red"``).
 
         Returns:
             :class:`EmbeddingOutput` (embedding not normalised).
 
+        Raises:
+            ValueError: If ``pseudo_tokens`` is given and a caption has no placeholder.
+
         Shapes:
-            text: (B, L) -> embedding (B, D), tokens (B, L, D), mask (B, L), attention (B, L, L).
+            text: (B, L), pseudo_tokens: (B, W) -> embedding (B, D), tokens (B, L, D), mask (B, L),
+            attention (B, L, L).
         """
-        if not (return_tokens or return_attention):
+        if not (return_tokens or return_attention or pseudo_tokens is not None):
             return EmbeddingOutput(self.model.encode_text(text))
         tower = getattr(self.model, "text", self.model)  # CustomTextCLIP keeps a TextTransformer
         if getattr(tower, "cls_emb", None) is not None or not hasattr(tower, "token_embedding"):
-            raise NotImplementedError("per-token text outputs need a CLIP-style text transformer")
+            raise NotImplementedError("per-token text outputs and pseudo tokens need a CLIP-style text transformer")
         import open_clip.transformer as oct
 
         cast = tower.transformer.get_cast_dtype()
         seq_len = text.shape[1]
-        x = tower.token_embedding(text).to(cast) + tower.positional_embedding[:seq_len].to(cast)  # (B, L, C)
+        x = tower.token_embedding(text)  # (B, L, C)
+        if pseudo_tokens is not None:
+            slot = text == pseudo_token_id  # (B, L)
+            if pseudo_tokens.shape != (text.shape[0], x.shape[-1]):
+                raise ValueError(f"pseudo_tokens must be (batch, text width) = {(text.shape[0], x.shape[-1])}, "
+                                 f"got {tuple(pseudo_tokens.shape)}")
+            if not slot.any(1).all():
+                rows = (~slot.any(1)).nonzero().flatten()[:5].tolist()
+                raise ValueError(f"captions {rows} have no pseudo-token placeholder (id {pseudo_token_id}, "
+                                 "a stand-alone '$'); write e.g. 'a photo of $ that ...'")
+            x = torch.where(slot[..., None], pseudo_tokens[:, None, :].to(x.dtype), x)
+        x = x.to(cast) + tower.positional_embedding[:seq_len].to(cast)  # (B, L, C)
         mask = tower.attn_mask[:seq_len, :seq_len] if tower.attn_mask is not None else None
         x, attn, _ = self._run_transformer(tower.transformer, x, mask, return_attention)
         x = tower.ln_final(x)
