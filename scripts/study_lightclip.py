@@ -169,9 +169,13 @@ def prepare(args: argparse.Namespace) -> None:
     could race to do it."""
     from mmembed.cli import main as cli_main
 
-    for dataset in args.datasets:
-        cli = cli_main(["-c", DATASETS[dataset], "--trainer.logger=false", *args.extra], run=False)
-        cli.datamodule.prepare_data()
+    argv, sys.argv = sys.argv, sys.argv[:1]  # the CLI parses only the list below
+    try:
+        for dataset in args.datasets:
+            cli = cli_main(["-c", DATASETS[dataset], "--trainer.logger=false", *args.extra], run=False)
+            cli.datamodule.prepare_data()
+    finally:
+        sys.argv = argv
 
 
 def main() -> None:
