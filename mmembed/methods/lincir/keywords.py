@@ -52,9 +52,8 @@ def _is_keyword_word(word: str, previous: str | None) -> bool:
         return True
     if word in _FUNCTION or word in _VERBS or word in _NUMBERS or word.isdigit():
         return False
-    if word.endswith(("ing", "ed")) and len(word) > 4 and previous not in _DETERMINERS:
-        return False  # "a man riding", "is sleeping": a verb; "a sleeping cat" keeps it
-    return True
+    # "a man riding", "is sleeping": a verb; "a sleeping cat" keeps it
+    return not (word.endswith(("ing", "ed")) and len(word) > 4 and previous not in _DETERMINERS)
 
 
 def _rule_spans(caption: str) -> list[tuple[int, int]]:
@@ -81,7 +80,7 @@ def _rule_spans(caption: str) -> list[tuple[int, int]]:
 
 
 @lru_cache(maxsize=1)
-def _spacy_pipeline(name: str):  # noqa: ANN202 (spaCy is optional)
+def _spacy_pipeline(name: str):  # spaCy is optional: no return annotation
     try:
         import spacy
     except ImportError as err:
