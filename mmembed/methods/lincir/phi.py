@@ -1,0 +1,93 @@
+"""The projection phi of projection-based zero-shot CIR: an embedding in, one pseudo-word token out.
+
+LinCIR trains phi on *text* embeddings only: the caption embedding ``e`` plus scaled Gaussian
+noise goes in, and the caption with its keywords replaced by phi's token must encode back to
+``e`` (MSE). At test time phi takes the *image* embedding; the noise is what bridges the
+modality gap. phi is saved on its own (``Phi.save`` / ``Phi.load``), apart from the frozen CLIP.
+
+References:
+    Gu et al., "Language-only Training of Zero-shot Composed Image Retrieval" (LinCIR), CVPR 2024,
+    https://arxiv.org/abs/2312.01998; the MLP is SEARLE's (Baldrati et al., ICCV 2023).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["Phi", "lincir_loss", "noisy_embeddings"]
+
+
+class Phi(nn.Module):
+    """``Linear(D, h) -> GELU -> Dropout -> Linear(h, h) -> GELU -> Dropout -> Linear(h, W)``.
+
+    Args:
+        input_dim: Embedding dimension D (the CLIP joint space).
+        output_dim: Token width W of the text tower's input embedding.
+        hidden_dim: Hidden width (None: ``4 * input_dim``, as in LinCIR and SEARLE).
+        dropout: Dropout after each hidden layer (0.5 in LinCIR).
+
+    Shapes:
+        embeddings (B, D) -> pseudo tokens (B, W).
+    """
+
+    def __init__(self, input_dim: int, output_dim: int, hidden_dim: int | None = None, dropout: float = 0.5) -> None:
+        super().__init__()
+        hidden = hidden_dim or 4 * input_dim
+        self.config = {"input_dim": input_dim, "output_dim": output_dim, "hidden_dim": hidden, "dropout": dropout}
+        self.layers = nn.Sequential(
+            nn.Linear(input_dim, hidden), nn.GELU(), nn.Dropout(dropout),
+            nn.Linear(hidden, hidden), nn.GELU(), nn.Dropout(dropout),
+            nn.Linear(hidden, output_dim),
+        )
+
+    def forward(self, embeddings: Tensor) -> Tensor:
+        return self.layers(embeddings)
+
+    def save(self, path: str | Path, **metadata: Any) -> Path:
+        """Write ``{"config", "state_dict", "metadata"}`` to ``path`` (a phi checkpoint of its own)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu() for k, v in self.state_dict().items()}
+        torch.save({"config": self.config, "state_dict": state, "metadata": metadata}, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> Phi:
+        """Rebuild phi from a file written by :meth:`save` (weights only, loaded strictly)."""
+        blob = torch.load(path, map_location=map_location, weights_only=True)
+        if not isinstance(blob, dict) or "config" not in blob or "state_dict" not in blob:
+            raise ValueError(f"{path} is not a phi checkpoint (expected the keys config and state_dict written "
+                             "by Phi.save)")
+        phi = cls(**blob["config"])
+        phi.load_state_dict(blob["state_dict"], strict=True)
+        return phi
+
+
+def noisy_embeddings(embeddings: Tensor, scale: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
+    """LinCIR's input noise: ``e + scale * u * eps`` with ``u ~ U(0, 1)`` per sample and
+    ``eps ~ N(0, I)``, so each sample gets its own noise level between 0 and ``scale``.
+
+    Shapes:
+        embeddings (B, D) -> (B, D).
+    """
+    if scale < 0:
+        raise ValueError(f"scale must be >= 0, got {scale}")
+    if scale == 0:
+        return embeddings
+    u = torch.rand(embeddings.shape[0], 1, generator=generator, device=embeddings.device, dtype=embeddings.dtype)
+    eps = torch.randn(embeddings.shape, generator=generator, device=embeddings.device, dtype=embeddings.dtype)
+    return embeddings + scale * u * eps
+
+
+def lincir_loss(predicted: Tensor, target: Tensor) -> Tensor:
+    """Mean squared error between the masked caption's embedding (with phi's token) and the
+    caption's own embedding (a constant target).
+
+    Shapes:
+        predicted (B, D), target (B, D) -> ().
+    """
+    return torch.nn.functional.mse_loss(predicted.float(), target.detach().float())

@@ -1,0 +1,64 @@
+"""LinCIR's phi (shape, determinism, own checkpoint), input noise and loss; one language-only step."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmembed.methods.lincir.keywords import mask_keywords
+from mmembed.methods.lincir.phi import Phi, lincir_loss, noisy_embeddings
+
+
+def test_phi_shapes_eval_determinism_and_checkpoint_roundtrip(tmp_path):
+    torch.manual_seed(0)
+    phi = Phi(16, 24)
+    x = torch.randn(5, 16)
+    assert phi(x).shape == (5, 24) and phi.config["hidden_dim"] == 64
+    phi.eval()
+    torch.testing.assert_close(phi(x), phi(x))  # dropout off
+    path = phi.save(tmp_path / "phi.pt", steps=3)
+    again = Phi.load(path).eval()
+    torch.testing.assert_close(again(x), phi(x))
+    assert torch.load(path, weights_only=True)["metadata"] == {"steps": 3}
+    torch.save({"weights": 1}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a phi checkpoint"):
+        Phi.load(tmp_path / "other.pt")
+
+
+def test_noise_level_is_per_sample_between_zero_and_scale():
+    e = torch.randn(2000, 64)
+    noisy = noisy_embeddings(e, scale=0.5, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)  # the same draws, written out: e + scale * u * eps
+    u, eps = torch.rand(2000, 1, generator=g), torch.randn(2000, 64, generator=g)
+    torch.testing.assert_close(noisy, e + 0.5 * u * eps)
+    assert 0.2 < (noisy - e).std(1).mean() < 0.3  # E[0.5 u] = 0.25
+    assert torch.equal(noisy_embeddings(e, 0.0), e)
+    with pytest.raises(ValueError):
+        noisy_embeddings(e, -1.0)
+
+
+def test_loss_is_mse_with_a_constant_target():
+    pred = torch.randn(4, 8, requires_grad=True)
+    target = torch.randn(4, 8, requires_grad=True)
+    loss = lincir_loss(pred, target)
+    torch.testing.assert_close(loss, ((pred - target) ** 2).mean())
+    loss.backward()
+    assert target.grad is None and pred.grad is not None
+
+
+def test_one_language_only_step_trains_phi_and_leaves_clip_frozen(tiny_encoder):
+    encoder = tiny_encoder().eval().requires_grad_(False)
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    captions = ["a red coat on a chair", "a dog playing in the snow"]
+    width = encoder.model.token_embedding.weight.shape[1]
+    phi = Phi(encoder.embed_dim, width)
+    opt = torch.optim.AdamW(phi.parameters(), lr=1e-3)
+    with torch.no_grad():
+        target = encoder.encode_text(encoder.tokenizer(captions)).embedding
+    masked = encoder.tokenizer([mask_keywords(c) for c in captions])
+    tokens = phi(noisy_embeddings(target, 1.0))
+    loss = lincir_loss(encoder.encode_text(masked, pseudo_tokens=tokens).embedding, target)
+    loss.backward()
+    opt.step()
+    assert all(p.grad is not None for p in phi.parameters())
+    assert all(torch.equal(before[k], v) for k, v in encoder.state_dict().items())
