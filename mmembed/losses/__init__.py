@@ -1,6 +1,6 @@
 """Losses: pure functions over embeddings plus thin ``nn.Module`` wrappers."""
 
-from mmembed.losses.contrastive import ClipLoss, InfoNCELoss, clip_loss, info_nce
+from mmembed.losses.contrastive import ClipLoss, InfoNCELoss, clip_loss, info_nce, nt_xent_union
 from mmembed.losses.progressive import (
     ProgressiveSoftClipLoss,
     alpha_schedule,
@@ -25,6 +25,7 @@ __all__ = [
     "info_nce",
     "kl_distillation",
     "match_tokens",
+    "nt_xent_union",
     "progressive_targets",
     "soft_clip_loss",
     "soft_target_clip_loss",

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from mmembed.distributed import gather_with_grad, get_rank, get_world_size, is_distributed
 from mmembed.nn.heads import LogitScale
 
-__all__ = ["info_nce", "clip_loss", "ClipLoss", "InfoNCELoss"]
+__all__ = ["ClipLoss", "InfoNCELoss", "clip_loss", "info_nce", "nt_xent_union"]
 
 
 def info_nce(
@@ -63,6 +63,42 @@ def info_nce(
         raise ValueError(f"targets must have shape ({query.shape[0]},), got {tuple(targets.shape)}")
     logits = logit_scale * (query @ candidates.T)  # (B, D) x (N, D) -> (B, N)
     return F.cross_entropy(logits, targets)
+
+
+def nt_xent_union(anchors: Tensor, queries: Tensor, temperature: float = 0.07) -> Tensor:
+    """NT-Xent over the union of two views (SimCLR; PALAVRA, SEARLE and RTD use it).
+
+    With ``Z = [a_1..a_N, q_1..q_N]`` L2-normalised, every one of the 2N rows is classified
+    against the other 2N - 1 (its partner ``a_i <-> q_i`` is the positive):
+    ``l(z) = -log exp(z . p(z) / t) / sum_{y != z} exp(z . y / t)``, averaged over the 2N rows. The
+    denominator holds cross terms and same-side terms; with frozen anchors the anchor-anchor
+    terms are constants.
+
+    Args:
+        anchors: One side (e.g. frozen-encoder targets); normalised here.
+        queries: The other side; normalised here.
+        temperature: Fixed temperature (RTD: 0.07).
+
+    Returns:
+        Scalar mean loss.
+
+    Shapes:
+        anchors (N, D), queries (N, D) -> ().
+
+    References:
+        Chen et al., "A Simple Framework for Contrastive Learning of Visual Representations",
+        ICML 2020, https://arxiv.org/abs/2002.05709 (Eq. 1).
+    """
+    if anchors.shape != queries.shape or anchors.dim() != 2:
+        raise ValueError(f"anchors and queries must both be (N, D), got {tuple(anchors.shape)} and {tuple(queries.shape)}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    n = anchors.shape[0]
+    z = F.normalize(torch.cat([anchors, queries]).float(), dim=-1)  # (2N, D)
+    logits = z @ z.T / temperature  # (2N, 2N)
+    logits = logits.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
+    partner = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)  # a_i <-> q_i
+    return F.cross_entropy(logits, partner)
 
 
 def clip_loss(
