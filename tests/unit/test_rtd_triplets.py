@@ -1,0 +1,50 @@
+"""RTD text triplets: the rule-based generator and the official JSON format."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mmembed.methods.rtd.triplets import (
+    DEFAULT_VOCABULARY,
+    TextTriplet,
+    clean_caption,
+    load_triplets,
+    rule_triplets,
+    save_triplets,
+)
+
+
+def test_rule_triplets_swap_one_attribute_of_the_same_kind():
+    captions = ["A small RED circle in the top left", "a dog next to a blue car", "nothing to swap here"]
+    triplets = rule_triplets(captions, per_caption=4, seed=0)
+    assert triplets and all(t.reference != t.target for t in triplets)
+    kinds = {v: k for k, (values, _) in DEFAULT_VOCABULARY.items() for v in values}
+    for t in triplets:
+        ref, tgt = t.reference.split(), t.target.split()
+        changed = [(a, b) for a, b in zip(ref, tgt, strict=True) if a != b]
+        assert len(changed) == 1  # exactly one word differs
+        old, new = changed[0]
+        assert kinds[old] == kinds[new]  # same kind: a colour for a colour
+        assert new in t.conditioning
+    assert not any(t.reference == "nothing to swap here" for t in triplets)
+    assert rule_triplets(captions, per_caption=4, seed=0) == triplets  # seeded
+    assert len({t for t in triplets}) == len(triplets)  # no repeats
+
+
+def test_official_json_roundtrip_cleaning_and_errors(tmp_path):
+    rows = [{"reference_caption": "A <PERSON> with a $ hat", "conditioning_caption": "make it RED",
+             "target_caption": "a person with a red hat"}]
+    (tmp_path / "t.json").write_text(json.dumps(rows))
+    (got,) = load_triplets(tmp_path / "t.json")
+    assert got == TextTriplet("a person with a hat", "make it red", "a person with a red hat")
+    (tmp_path / "t.jsonl").write_text("\n".join(json.dumps(r) for r in rows * 2))
+    assert load_triplets(tmp_path / "t.jsonl") == [got, got]
+    assert load_triplets(save_triplets([got], tmp_path / "out.json")) == [got]
+    (tmp_path / "bad.json").write_text(json.dumps([rows[0], {"reference_caption": "x"}]))
+    with pytest.raises(ValueError, match=r"1 entries lack .*\(first: \[1\]\)"):
+        load_triplets(tmp_path / "bad.json")
+    with pytest.raises(FileNotFoundError):
+        load_triplets(tmp_path / "missing.json")
+    assert clean_caption("  Two   $DOGS ") == "two dogs"
