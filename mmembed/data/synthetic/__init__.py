@@ -3,6 +3,8 @@
 * **SynthPedes** (person ReID / text-to-image person retrieval): rendered pedestrians with CUHK-PEDES-style
   captions, written in the CUHK-PEDES layout. Build one with :func:`write_synth_pedes` or
   ``python -m mmembed.data.synthetic synth-pedes --out DIR --ids N --seed S``.
+* **SynthCIR** (composed image retrieval): rendered objects with one-attribute modification texts, written
+  in the CIRR layout. Build one with :func:`write_synth_cir` or ``mmembed-data synth-cir --out DIR --seed S``.
 
 Importing this package has no side effects and imports nothing heavy: the names below are resolved lazily on
 first access (PEP 562).
@@ -28,6 +30,8 @@ _LAZY: dict[str, str] = {
     "synth_pedes_matches": "pedes",
     "split_sizes": "pedes",
     "SYNTH_PEDES_VERSION": "pedes",
+    # SynthCIR: composed image retrieval in the CIRR layout
+    "write_synth_cir": "cir",
 }
 
 __all__ = sorted(_LAZY)
@@ -41,6 +45,7 @@ if TYPE_CHECKING:
         write_synth_pedes,
     )
     from mmembed.data.synthetic.captions import make_caption, make_captions
+    from mmembed.data.synthetic.cir import write_synth_cir
     from mmembed.data.synthetic.persons import PersonAttributes, attribute_vocabulary, render_person, sample_identities
 
 
