@@ -1,0 +1,158 @@
+"""Readers for composed image retrieval benchmarks in their released file layouts.
+
+* CIRR: ``captions/cap.rc2.{split}.json`` and ``image_splits/split.rc2.{split}.json`` under the root
+  (``split``: ``train``, ``val`` or ``test1``; test targets are hidden in the real release).
+* FashionIQ: ``captions/cap.{category}.{split}.json``, ``image_splits/split.{category}.{split}.json``
+  and ``images/{id}.jpg`` (``category``: ``dress``, ``shirt`` or ``toptee``).
+* CIRCO: ``annotations/{split}.json`` plus the COCO 2017 unlabeled gallery
+  (``COCO2017_unlabeled/annotations/image_info_unlabeled2017.json`` and
+  ``COCO2017_unlabeled/unlabeled2017/``).
+
+Each reader returns a :class:`CIRSplit`: the queries with gallery *positions* (so metrics take
+them directly) and the gallery's names and paths. Missing files or malformed entries stop with the
+file name and the first offending entries. Nothing is written to a dataset folder.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["CIRQuery", "CIRSplit", "read_circo", "read_cirr", "read_fashioniq"]
+
+
+@dataclass
+class CIRQuery:
+    """One composed query.
+
+    Attributes:
+        id: The benchmark's query id (CIRR ``pairid``, CIRCO ``id``, FashionIQ its position).
+        reference: Gallery position of the reference image.
+        texts: Modification texts (FashionIQ: two, used in both orders; others: one).
+        target: Gallery position of the target, or None where the benchmark hides it.
+        members: CIRR's ``img_set`` as gallery positions (for subset recall), else empty.
+        ground_truth: Every correct gallery position (CIRCO: ``gt_img_ids``; else the target).
+    """
+
+    id: Any
+    reference: int
+    texts: list[str]
+    target: int | None = None
+    members: list[int] = field(default_factory=list)
+    ground_truth: list[int] = field(default_factory=list)
+
+
+@dataclass
+class CIRSplit:
+    """The queries and gallery of one benchmark split."""
+
+    queries: list[CIRQuery]
+    gallery_names: list[str]
+    gallery_paths: list[Path]
+
+    @property
+    def position(self) -> dict[str, int]:
+        """Gallery name -> position."""
+        return {n: i for i, n in enumerate(self.gallery_names)}
+
+
+def _read_json(path: Path, hint: str) -> Any:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; {hint}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from err
+
+
+def _check(records: list, required: tuple[str, ...], path: Path) -> None:
+    bad = [i for i, r in enumerate(records) if not isinstance(r, dict) or any(k not in r for k in required)]
+    if bad:
+        raise ValueError(f"{path}: {len(bad)} entries lack one of {', '.join(required)} (first: {bad[:5]})")
+
+
+def _positions(names: list[str], position: dict[str, int], path: Path, what: str) -> list[int]:
+    missing = [n for n in names if n not in position]
+    if missing:
+        raise ValueError(f"{path}: {len(missing)} {what} are not in the gallery (first: {missing[:5]})")
+    return [position[n] for n in names]
+
+
+def read_cirr(root: str | Path, split: str = "val") -> CIRSplit:
+    """CIRR (or SynthCIR): gallery = every image of the split file; queries keep ``members``.
+
+    Raises:
+        FileNotFoundError: If a file is missing.
+        ValueError: On malformed entries or names outside the gallery.
+    """
+    root = Path(root)
+    hint = "expected the CIRR layout (captions/cap.rc2.<split>.json, image_splits/split.rc2.<split>.json)"
+    images = _read_json(root / "image_splits" / f"split.rc2.{split}.json", hint)
+    names = list(images)
+    paths = [root / images[n] for n in names]
+    position = {n: i for i, n in enumerate(names)}
+    cap_path = root / "captions" / f"cap.rc2.{split}.json"
+    records = _read_json(cap_path, hint)
+    _check(records, ("pairid", "reference", "caption", "img_set"), cap_path)
+    queries = []
+    for r in records:
+        ref, = _positions([r["reference"]], position, cap_path, "references")
+        target = _positions([r["target_hard"]], position, cap_path, "targets")[0] if r.get("target_hard") else None
+        members = _positions(list(r["img_set"].get("members", [])), position, cap_path, "img_set members")
+        queries.append(CIRQuery(r["pairid"], ref, [r["caption"]], target, members,
+                                [target] if target is not None else []))
+    return CIRSplit(queries, names, paths)
+
+
+def read_fashioniq(root: str | Path, category: str, split: str = "val") -> CIRSplit:
+    """FashionIQ: gallery = the category's split images (reference not removed); two captions per query.
+
+    Raises:
+        FileNotFoundError: If a file or image folder is missing.
+        ValueError: On malformed entries, names outside the gallery, or a query without two captions.
+    """
+    root = Path(root)
+    hint = "expected the FashionIQ layout (captions/cap.<category>.<split>.json, image_splits/split.<category>.<split>.json)"
+    names = list(_read_json(root / "image_splits" / f"split.{category}.{split}.json", hint))
+    paths = [root / "images" / f"{n}.jpg" for n in names]
+    position = {n: i for i, n in enumerate(names)}
+    cap_path = root / "captions" / f"cap.{category}.{split}.json"
+    records = _read_json(cap_path, hint)
+    _check(records, ("candidate", "captions"), cap_path)
+    short = [i for i, r in enumerate(records) if len(r["captions"]) != 2]
+    if short:
+        raise ValueError(f"{cap_path}: {len(short)} entries do not have two captions (first: {short[:5]})")
+    queries = []
+    for i, r in enumerate(records):
+        ref, = _positions([r["candidate"]], position, cap_path, "candidates")
+        target = _positions([r["target"]], position, cap_path, "targets")[0] if r.get("target") else None
+        queries.append(CIRQuery(i, ref, list(r["captions"]), target, [], [target] if target is not None else []))
+    return CIRSplit(queries, names, paths)
+
+
+def read_circo(root: str | Path, split: str = "val") -> CIRSplit:
+    """CIRCO: gallery = COCO 2017 unlabeled; ground truths = ``gt_img_ids`` (val).
+
+    Raises:
+        FileNotFoundError: If a file is missing.
+        ValueError: On malformed entries or ids outside the gallery.
+    """
+    root = Path(root)
+    info = _read_json(root / "COCO2017_unlabeled" / "annotations" / "image_info_unlabeled2017.json",
+                      "expected COCO2017_unlabeled/annotations/image_info_unlabeled2017.json under the CIRCO root")
+    images = info["images"] if isinstance(info, dict) else info
+    names = [str(im["id"]) for im in images]
+    paths = [root / "COCO2017_unlabeled" / "unlabeled2017" / im["file_name"] for im in images]
+    position = {n: i for i, n in enumerate(names)}
+    ann_path = root / "annotations" / f"{split}.json"
+    records = _read_json(ann_path, "expected annotations/<split>.json under the CIRCO root")
+    _check(records, ("id", "reference_img_id", "relative_caption"), ann_path)
+    queries = []
+    for r in records:
+        ref, = _positions([str(r["reference_img_id"])], position, ann_path, "references")
+        gts = _positions([str(g) for g in r.get("gt_img_ids", [])], position, ann_path, "ground truths")
+        target = _positions([str(r["target_img_id"])], position, ann_path, "targets")[0] if r.get("target_img_id") else None
+        queries.append(CIRQuery(r["id"], ref, [r["relative_caption"]], target, [], gts))
+    return CIRSplit(queries, names, paths)

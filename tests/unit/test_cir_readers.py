@@ -1,0 +1,53 @@
+"""CIR benchmark readers on tiny files in the released layouts (CIRR via SynthCIR)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mmembed.data.cir import read_circo, read_cirr, read_fashioniq
+from mmembed.data.synthetic.cir import write_synth_cir
+
+
+def test_cirr_reader_reads_synth_cir(tmp_path):
+    write_synth_cir(tmp_path / "w", seed=0)
+    split = read_cirr(tmp_path / "w", "test1")
+    records = json.loads((tmp_path / "w" / "captions" / "cap.rc2.test1.json").read_text())
+    assert len(split.queries) == len(records) and len(split.gallery_names) == 360
+    q, r = split.queries[0], records[0]
+    assert split.gallery_names[q.reference] == r["reference"] and split.gallery_names[q.target] == r["target_hard"]
+    assert [split.gallery_names[m] for m in q.members] == r["img_set"]["members"]
+    assert q.texts == [r["caption"]] and q.ground_truth == [q.target]
+    assert all(p.exists() for p in split.gallery_paths)
+
+
+def test_fashioniq_and_circo_layouts_and_errors(tmp_path):
+    fiq = tmp_path / "fiq"
+    (fiq / "captions").mkdir(parents=True)
+    (fiq / "image_splits").mkdir()
+    (fiq / "image_splits" / "split.dress.val.json").write_text(json.dumps(["a", "b", "c"]))
+    (fiq / "captions" / "cap.dress.val.json").write_text(json.dumps(
+        [{"candidate": "a", "target": "c", "captions": ["is red", "has sleeves"]}]))
+    split = read_fashioniq(fiq, "dress")
+    assert split.queries[0].reference == 0 and split.queries[0].target == 2
+    assert split.queries[0].texts == ["is red", "has sleeves"] and split.gallery_paths[1].name == "b.jpg"
+    (fiq / "captions" / "cap.dress.val.json").write_text(json.dumps([{"candidate": "z", "captions": ["x", "y"]}]))
+    with pytest.raises(ValueError, match="not in the gallery"):
+        read_fashioniq(fiq, "dress")
+    with pytest.raises(FileNotFoundError, match="FashionIQ layout"):
+        read_fashioniq(fiq, "shirt")
+
+    circo = tmp_path / "circo"
+    (circo / "COCO2017_unlabeled" / "annotations").mkdir(parents=True)
+    (circo / "annotations").mkdir()
+    images = [{"id": 7, "file_name": "000007.jpg"}, {"id": 9, "file_name": "000009.jpg"}, {"id": 4, "file_name": "x.jpg"}]
+    (circo / "COCO2017_unlabeled" / "annotations" / "image_info_unlabeled2017.json").write_text(json.dumps({"images": images}))
+    (circo / "annotations" / "val.json").write_text(json.dumps([
+        {"id": 0, "reference_img_id": 7, "target_img_id": 9, "relative_caption": "is blue", "shared_concept": "a car",
+         "gt_img_ids": [9, 4]}]))
+    (q,) = read_circo(circo).queries
+    assert (q.reference, q.target, q.ground_truth, q.texts) == (0, 1, [1, 2], ["is blue"])
+    (circo / "annotations" / "val.json").write_text(json.dumps([{"id": 0}]))
+    with pytest.raises(ValueError, match=r"lack one of .*\(first: \[0\]\)"):
+        read_circo(circo)
