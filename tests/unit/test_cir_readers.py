@@ -51,3 +51,22 @@ def test_fashioniq_and_circo_layouts_and_errors(tmp_path):
     (circo / "annotations" / "val.json").write_text(json.dumps([{"id": 0}]))
     with pytest.raises(ValueError, match=r"lack one of .*\(first: \[0\]\)"):
         read_circo(circo)
+
+
+def test_submission_files_follow_the_server_formats(tmp_path):
+    import torch
+
+    from mmembed.data.cir import CIRQuery, CIRSplit
+    from mmembed.eval.cir_submission import circo_submission, cirr_submission
+
+    names = [f"img{i}" for i in range(6)]
+    split = CIRSplit([CIRQuery(17, 0, ["make it blue"], None, [0, 1, 2, 5])], names, [tmp_path / n for n in names])
+    scores = torch.tensor([[0.9, 0.1, 0.5, 0.5, 0.7, 0.2]])
+    recall, subset = cirr_submission(scores, split, tmp_path / "sub" / "cirr", top_k=4)
+    r, s = json.loads(recall.read_text()), json.loads(subset.read_text())
+    assert r == {"version": "rc2", "metric": "recall", "17": ["img4", "img2", "img3", "img5"]}  # reference 0 gone
+    assert s == {"version": "rc2", "metric": "recall_subset", "17": ["img2", "img5", "img1"]}  # members minus 0
+    path = circo_submission(scores, split, tmp_path / "circo.json", top_k=3)
+    assert json.loads(path.read_text()) == {"17": ["img0", "img4", "img2"]}
+    with pytest.raises(ValueError, match="queries, gallery"):
+        circo_submission(scores[:, :3], split, tmp_path / "x.json")
