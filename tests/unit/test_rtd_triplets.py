@@ -48,3 +48,17 @@ def test_official_json_roundtrip_cleaning_and_errors(tmp_path):
     with pytest.raises(FileNotFoundError):
         load_triplets(tmp_path / "missing.json")
     assert clean_caption("  Two   $DOGS ") == "two dogs"
+
+
+def test_prompts_and_refined_batch_order():
+    from mmembed.methods.rtd.prompts import REFERENCE_ONLY, composed_prompt, fashioniq_prompts, rtd_pairs
+
+    assert composed_prompt(" is red. ") == "a photo of $ that is red"
+    assert fashioniq_prompts("is red.", "has long sleeves?") == (
+        "a photo of $ that is red and has long sleeves", "a photo of $ that has long sleeves and is red")
+    triplets = [TextTriplet("a red car", "make it blue", "a blue car"),
+                TextTriplet("a small dog", "make it large", "a large dog")]
+    queries, anchors, rows = rtd_pairs(triplets)
+    assert queries == ["a photo of $ that make it blue", "a photo of $ that make it large", REFERENCE_ONLY, REFERENCE_ONLY]
+    assert anchors == ["a blue car", "a large dog", "a red car", "a small dog"]
+    assert rows == [0, 1, 0, 1]  # rows i and i + B share the reference's pseudo token
