@@ -51,7 +51,12 @@ def test_official_json_roundtrip_cleaning_and_errors(tmp_path):
 
 
 def test_prompts_and_refined_batch_order():
-    from mmembed.methods.rtd.prompts import REFERENCE_ONLY, composed_prompt, fashioniq_prompts, rtd_pairs
+    from mmembed.methods.rtd.prompts import (
+        REFERENCE_ONLY,
+        composed_prompt,
+        fashioniq_prompts,
+        rtd_pairs,
+    )
 
     assert composed_prompt(" is red. ") == "a photo of $ that is red"
     assert fashioniq_prompts("is red.", "has long sleeves?") == (
