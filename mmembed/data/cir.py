@@ -7,6 +7,10 @@
 * CIRCO: ``annotations/{split}.json`` plus the COCO 2017 unlabeled gallery
   (``COCO2017_unlabeled/annotations/image_info_unlabeled2017.json`` and
   ``COCO2017_unlabeled/unlabeled2017/``).
+* GeneCIS object tasks (``focus_object`` / ``change_object``): a JSON list of ``condition``,
+  ``reference``, ``target`` and ``gallery`` (distractors), each image a ``{"val_image_id": ...}``
+  of COCO val2017 (``{id:012d}.jpg``). Each query ranks only its own gallery (target plus
+  distractors), kept as ``members``: score it with ``cirr_subset_recall``.
 
 Each reader returns a :class:`CIRSplit`: the queries with gallery *positions* (so metrics take
 them directly) and the gallery's names and paths. Missing files or malformed entries stop with the
@@ -20,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CIRQuery", "CIRSplit", "read_circo", "read_cirr", "read_fashioniq"]
+__all__ = ["CIRQuery", "CIRSplit", "read_circo", "read_cirr", "read_fashioniq", "read_genecis"]
 
 
 @dataclass
@@ -155,4 +159,41 @@ def read_circo(root: str | Path, split: str = "val") -> CIRSplit:
         gts = _positions([str(g) for g in r.get("gt_img_ids", [])], position, ann_path, "ground truths")
         target = _positions([str(r["target_img_id"])], position, ann_path, "targets")[0] if r.get("target_img_id") else None
         queries.append(CIRQuery(r["id"], ref, [r["relative_caption"]], target, [], gts))
+    return CIRSplit(queries, names, paths)
+
+
+def read_genecis(task_file: str | Path, image_root: str | Path) -> CIRSplit:
+    """A GeneCIS object task: per-query galleries of COCO val2017 images, the condition word as text.
+
+    Args:
+        task_file: The task's JSON list (e.g. ``focus_object.json``).
+        image_root: Folder of COCO val2017 images.
+
+    Raises:
+        FileNotFoundError: If the task file is missing.
+        ValueError: On malformed entries.
+    """
+    task_file, image_root = Path(task_file), Path(image_root)
+    records = _read_json(task_file, "expected a GeneCIS object task file (a JSON list)")
+    _check(records, ("condition", "reference", "target", "gallery"), task_file)
+
+    def image_id(entry: Any) -> str:
+        return str(entry["val_image_id"] if isinstance(entry, dict) else entry)
+
+    names: list[str] = []
+    position: dict[str, int] = {}
+
+    def pos(entry: Any) -> int:
+        name = image_id(entry)
+        if name not in position:
+            position[name] = len(names)
+            names.append(name)
+        return position[name]
+
+    queries = []
+    for i, r in enumerate(records):
+        ref, target = pos(r["reference"]), pos(r["target"])
+        members = [target, *(pos(g) for g in r["gallery"])]
+        queries.append(CIRQuery(i, ref, [r["condition"]], target, members, [target]))
+    paths = [image_root / f"{int(n):012d}.jpg" if n.isdigit() else image_root / n for n in names]
     return CIRSplit(queries, names, paths)

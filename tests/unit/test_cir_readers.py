@@ -70,3 +70,21 @@ def test_submission_files_follow_the_server_formats(tmp_path):
     assert json.loads(path.read_text()) == {"17": ["img0", "img4", "img2"]}
     with pytest.raises(ValueError, match="queries, gallery"):
         circo_submission(scores[:, :3], split, tmp_path / "x.json")
+
+
+def test_genecis_object_task_keeps_per_query_galleries(tmp_path):
+    import torch
+
+    from mmembed.data.cir import read_genecis
+    from mmembed.metrics.cir import cirr_subset_recall
+
+    task = [{"condition": "dog", "reference": {"val_image_id": 5}, "target": {"val_image_id": 8},
+             "gallery": [{"val_image_id": 9}, {"val_image_id": 5}]}]
+    (tmp_path / "focus_object.json").write_text(json.dumps(task))
+    split = read_genecis(tmp_path / "focus_object.json", tmp_path / "val2017")
+    (q,) = split.queries
+    assert q.texts == ["dog"] and split.gallery_names[q.target] == "8"
+    assert [split.gallery_names[m] for m in q.members] == ["8", "9", "5"]
+    assert split.gallery_paths[0].name == "000000000005.jpg"
+    scores = torch.tensor([[0.0, 0.2, 0.9]])  # positions: 5 (reference), 8 (target), 9
+    assert cirr_subset_recall(scores, [q.target], [q.reference], [q.members], ks=(1, 2)) == {"r1": 0.0, "r2": 100.0}
