@@ -20,24 +20,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from mmembed.eval.cir import PROMPT, composed_prompt, fashioniq_prompts
 from mmembed.methods.rtd.triplets import TextTriplet
 
 __all__ = ["PROMPT", "REFERENCE_ONLY", "composed_prompt", "fashioniq_prompts", "rtd_pairs"]
 
-PROMPT = "a photo of $ that {}"
 REFERENCE_ONLY = "a photo of $"
-
-
-def composed_prompt(text: str, template: str = PROMPT) -> str:
-    """The query text of one modification: ``template`` filled with the stripped text."""
-    return template.format(text.strip().strip(".?, ").strip())
-
-
-def fashioniq_prompts(first: str, second: str, template: str = PROMPT) -> tuple[str, str]:
-    """FashionIQ's two query texts: the captions joined with "and" in both orders (punctuation
-    ``.?,`` stripped from both ends of each)."""
-    a, b = (c.strip().strip(".?, ").strip() for c in (first, second))
-    return template.format(f"{a} and {b}"), template.format(f"{b} and {a}")
 
 
 def rtd_pairs(triplets: Sequence[TextTriplet], template: str = PROMPT) -> tuple[list[str], list[str], list[int]]:

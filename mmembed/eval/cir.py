@@ -1,0 +1,142 @@
+"""Zero-shot composed image retrieval, Lightning-free: gallery features, composed-query scores and
+each benchmark's metrics.
+
+A composed query is the reference image's *raw* (unnormalised) embedding projected by ``phi`` into
+one pseudo-word token, written into ``"a photo of $ that {text}"`` and encoded by the query-side
+text encoder (the frozen CLIP one for a base method, the RTD-tuned one after RTD). FashionIQ queries
+average the normalised embeddings of the captions' two orders. Scores are cosines against the
+normalised gallery features of the frozen image encoder, so one gallery encoding serves every
+query encoder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mmembed.data.cir import CIRSplit
+
+__all__ = ["PROMPT", "cir_metrics", "composed_prompt", "composed_scores", "encode_images", "fashioniq_prompts"]
+
+Protocol = Literal["cirr", "circo", "fashioniq", "genecis"]
+PROMPT = "a photo of $ that {}"
+
+
+def composed_prompt(text: str, template: str = PROMPT) -> str:
+    """The query text of one modification: ``template`` filled with the stripped text."""
+    return template.format(text.strip().strip(".?, ").strip())
+
+
+def fashioniq_prompts(first: str, second: str, template: str = PROMPT) -> tuple[str, str]:
+    """FashionIQ's two query texts: the captions joined with "and" in both orders (punctuation
+    ``.?,`` stripped from both ends of each)."""
+    a, b = (c.strip().strip(".?, ").strip() for c in (first, second))
+    return template.format(f"{a} and {b}"), template.format(f"{b} and {a}")
+
+
+@torch.no_grad()
+def encode_images(encoder: nn.Module, paths: Sequence, batch_size: int = 256, device: str | torch.device = "cpu",
+                  progress: bool = True) -> Tensor:
+    """Raw (unnormalised) image embeddings of files, with the encoder's eval transform.
+
+    Shapes:
+        -> (N, D).
+    """
+    from PIL import Image
+
+    transform = encoder.processor.eval_image_transform
+    chunks = range(0, len(paths), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        chunks = tqdm(chunks, desc="encoding images", unit="batch")
+    out = []
+    for start in chunks:
+        batch = torch.stack([transform(Image.open(p).convert("RGB")) for p in paths[start:start + batch_size]])
+        out.append(encoder.encode_image(batch.to(device)).embedding.float())
+    return torch.cat(out) if out else torch.zeros(0, encoder.embed_dim)
+
+
+@torch.no_grad()
+def composed_scores(
+    split: CIRSplit,
+    gallery: Tensor,
+    phi: Callable[[Tensor], Tensor],
+    text_encoder: nn.Module,
+    protocol: Protocol = "cirr",
+    template: str = PROMPT,
+    batch_size: int = 256,
+) -> Tensor:
+    """Cosine scores of every composed query of a split against its gallery.
+
+    Args:
+        split: Queries and gallery (:mod:`mmembed.data.cir`).
+        gallery: Raw image embeddings of ``split.gallery_paths`` (:func:`encode_images`).
+        phi: Maps raw image embeddings to pseudo tokens (in eval mode).
+        text_encoder: Query-side encoder with ``tokenizer`` and ``encode_text(ids, pseudo_tokens=...)``.
+        protocol: ``fashioniq`` averages the two caption orders; the others use one text.
+        template: The prompt, with ``$`` for the pseudo word and ``{}`` for the text.
+        batch_size: Queries per forward.
+
+    Returns:
+        Scores, rows in ``split.queries`` order.
+
+    Shapes:
+        gallery (G, D) -> (Q, G).
+    """
+    if gallery.shape[0] != len(split.gallery_names):
+        raise ValueError(f"gallery has {gallery.shape[0]} embeddings for {len(split.gallery_names)} gallery images")
+    g = F.normalize(gallery.float(), dim=-1)
+    rows = []
+    for start in range(0, len(split.queries), batch_size):
+        queries = split.queries[start:start + batch_size]
+        tokens = phi(gallery[[q.reference for q in queries]])  # (b, W) from the raw reference embedding
+        if protocol == "fashioniq":
+            pairs = [fashioniq_prompts(*q.texts, template=template) for q in queries]
+            variants = [[p[0] for p in pairs], [p[1] for p in pairs]]
+        else:
+            variants = [[composed_prompt(q.texts[0], template) for q in queries]]
+        feats = [F.normalize(text_encoder.encode_text(text_encoder.tokenizer(v).to(gallery.device),
+                                                      pseudo_tokens=tokens).embedding.float(), dim=-1)
+                 for v in variants]
+        q = F.normalize(torch.stack(feats).sum(0), dim=-1)  # FashionIQ: normalise(q1 + q2)
+        rows.append(q @ g.T)
+    return torch.cat(rows)
+
+
+def cir_metrics(scores: Tensor, split: CIRSplit, protocol: Protocol = "cirr") -> dict[str, float]:
+    """The benchmark's metrics in percent.
+
+    * ``cirr``: R@1/5/10/50 with the reference removed, and ``subset_r1/2/3`` within ``members``;
+    * ``circo``: mAP@5/10/25/50 over ``ground_truth``;
+    * ``fashioniq``: R@10/50 (reference kept in the gallery);
+    * ``genecis``: R@1/2/3 within each query's own gallery (``members``).
+
+    Raises:
+        ValueError: If a query has no target (a hidden test split: write a submission instead).
+    """
+    from mmembed.metrics.cir import circo_map, cirr_recall, cirr_subset_recall
+
+    if protocol == "circo":
+        return circo_map(scores, [q.ground_truth for q in split.queries])
+    missing = [q.id for q in split.queries if q.target is None]
+    if missing:
+        raise ValueError(f"{len(missing)} queries have no target (first: {missing[:5]}); this split's targets "
+                         "are hidden: write a submission file (mmembed.eval.cir_submission) instead")
+    target = [q.target for q in split.queries]
+    reference = [q.reference for q in split.queries]
+    if protocol == "cirr":
+        out = cirr_recall(scores, target, reference, (1, 5, 10, 50))
+        subset = cirr_subset_recall(scores, target, reference, [q.members for q in split.queries], (1, 2, 3))
+        return out | {f"subset_{k}": v for k, v in subset.items()}
+    if protocol == "genecis":
+        return cirr_subset_recall(scores, target, reference, [q.members for q in split.queries], (1, 2, 3))
+    if protocol == "fashioniq":  # the reference stays in the gallery: rank it like any other image
+        position = torch.arange(scores.shape[1])
+        ranks = [int(((row > row[t]) | ((row == row[t]) & (position < t))).sum()) for row, t in zip(scores, target, strict=True)]
+        return {f"r{k}": 100.0 * sum(r < k for r in ranks) / len(ranks) for k in (10, 50)}
+    raise ValueError(f"protocol must be cirr, circo, fashioniq or genecis, got {protocol!r}")
