@@ -62,3 +62,15 @@ def test_one_language_only_step_trains_phi_and_leaves_clip_frozen(tiny_encoder):
     opt.step()
     assert all(p.grad is not None for p in phi.parameters())
     assert all(torch.equal(before[k], v) for k, v in encoder.state_dict().items())
+
+
+def test_pic2word_architecture_and_roundtrip(tmp_path):
+    torch.manual_seed(0)
+    phi = Phi(16, 24, arch="pic2word").eval()
+    kinds = [type(m).__name__ for m in phi.layers]
+    assert kinds == ["Linear", "Dropout", "ReLU", "Linear", "Dropout", "ReLU", "Linear"]
+    assert phi.config["hidden_dim"] == 512 and phi.config["dropout"] == 0.1
+    x = torch.randn(3, 16)
+    torch.testing.assert_close(Phi.load(phi.save(tmp_path / "p.pt")).eval()(x), phi(x))
+    with pytest.raises(ValueError, match="arch"):
+        Phi(16, 24, arch="searle")

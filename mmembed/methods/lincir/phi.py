@@ -7,13 +7,14 @@ modality gap. phi is saved on its own (``Phi.save`` / ``Phi.load``), apart from 
 
 References:
     Gu et al., "Language-only Training of Zero-shot Composed Image Retrieval" (LinCIR), CVPR 2024,
-    https://arxiv.org/abs/2312.01998; the MLP is SEARLE's (Baldrati et al., ICCV 2023).
+    https://arxiv.org/abs/2312.01998; the MLP is SEARLE's (Baldrati et al., ICCV 2023). Saito et
+    al., "Pic2Word", CVPR 2023 (the ``pic2word`` mapping network).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -22,27 +23,40 @@ __all__ = ["Phi", "lincir_loss", "noisy_embeddings"]
 
 
 class Phi(nn.Module):
-    """``Linear(D, h) -> GELU -> Dropout -> Linear(h, h) -> GELU -> Dropout -> Linear(h, W)``.
+    """The projection MLP.
+
+    ``arch="lincir"`` (LinCIR and SEARLE): ``Linear(D, h) -> GELU -> Dropout -> Linear(h, h) -> GELU
+    -> Dropout -> Linear(h, W)``. ``arch="pic2word"``: ``[Linear -> Dropout -> ReLU] x 2 ->
+    Linear(h, W)``, Pic2Word's mapping network.
 
     Args:
         input_dim: Embedding dimension D (the CLIP joint space).
         output_dim: Token width W of the text tower's input embedding.
-        hidden_dim: Hidden width (None: ``4 * input_dim``, as in LinCIR and SEARLE).
-        dropout: Dropout after each hidden layer (0.5 in LinCIR).
+        hidden_dim: Hidden width (None: ``4 * input_dim`` for ``lincir``, 512 for ``pic2word``).
+        dropout: Dropout after each hidden layer (None: 0.5 for ``lincir``, 0.1 for ``pic2word``).
+        arch: ``lincir`` or ``pic2word``.
 
     Shapes:
         embeddings (B, D) -> pseudo tokens (B, W).
     """
 
-    def __init__(self, input_dim: int, output_dim: int, hidden_dim: int | None = None, dropout: float = 0.5) -> None:
+    def __init__(self, input_dim: int, output_dim: int, hidden_dim: int | None = None, dropout: float | None = None,
+                 arch: Literal["lincir", "pic2word"] = "lincir") -> None:
         super().__init__()
-        hidden = hidden_dim or 4 * input_dim
-        self.config = {"input_dim": input_dim, "output_dim": output_dim, "hidden_dim": hidden, "dropout": dropout}
-        self.layers = nn.Sequential(
-            nn.Linear(input_dim, hidden), nn.GELU(), nn.Dropout(dropout),
-            nn.Linear(hidden, hidden), nn.GELU(), nn.Dropout(dropout),
-            nn.Linear(hidden, output_dim),
-        )
+        if arch not in ("lincir", "pic2word"):
+            raise ValueError(f"arch must be 'lincir' or 'pic2word', got {arch!r}")
+        lincir = arch == "lincir"
+        hidden = hidden_dim or (4 * input_dim if lincir else 512)
+        dropout = (0.5 if lincir else 0.1) if dropout is None else dropout
+        self.config = {"input_dim": input_dim, "output_dim": output_dim, "hidden_dim": hidden, "dropout": dropout,
+                       "arch": arch}
+        if lincir:
+            layers = [nn.Linear(input_dim, hidden), nn.GELU(), nn.Dropout(dropout),
+                      nn.Linear(hidden, hidden), nn.GELU(), nn.Dropout(dropout)]
+        else:
+            layers = [nn.Linear(input_dim, hidden), nn.Dropout(dropout), nn.ReLU(),
+                      nn.Linear(hidden, hidden), nn.Dropout(dropout), nn.ReLU()]
+        self.layers = nn.Sequential(*layers, nn.Linear(hidden, output_dim))
 
     def forward(self, embeddings: Tensor) -> Tensor:
         return self.layers(embeddings)
