@@ -83,11 +83,11 @@ def job(args: argparse.Namespace, dataset: str, variant: str, seed: int) -> Job:
            f"--seed_everything={seed}", "--trainer.enable_progress_bar=false",
            f"--trainer.logger.init_args.save_dir={folder}/fit", *args.extra]
     # `mmembed test` of the last checkpoint, with the run's own saved config; the whole test split
-    script = ("import glob, subprocess, sys; v = max(glob.glob(sys.argv[1] + '/*/version_*'), "
-              "key=lambda p: int(p.rsplit('_', 1)[1])); sys.exit(subprocess.call([sys.executable, '-m', "
-              "'mmembed', 'test', '-c', v + '/config.yaml', '--ckpt_path', v + '/checkpoints/last.ckpt', "
-              "'--trainer.enable_progress_bar=false', '--trainer.logger.init_args.save_dir=' + sys.argv[2]] "
-              "+ sys.argv[3:]))")
+    script = ("import sys; from mmembed.cli import main; from mmembed.eval.runs import latest_version; "
+              "fit, out, extra = sys.argv[1], sys.argv[2], sys.argv[3:]; sys.argv = sys.argv[:1]; "
+              "v = latest_version(fit); main(['test', '-c', v + '/config.yaml', '--ckpt_path', "
+              "v + '/checkpoints/last.ckpt', '--trainer.enable_progress_bar=false', "
+              "'--trainer.logger.init_args.save_dir=' + out, *extra])")
     test_extra = ["--data.init_args.max_eval=null"] if dataset == "fashion_mnist" else []
     test = [sys.executable, "-c", script, f"{folder}/fit", f"{folder}/test", *test_extra]
     return Job(f"{dataset} {variant} seed {seed}", folder, [fit, test])

@@ -119,7 +119,12 @@ def cir_metrics(scores: Tensor, split: CIRSplit, protocol: Protocol = "cirr") ->
     Raises:
         ValueError: If a query has no target (a hidden test split: write a submission instead).
     """
-    from mmembed.metrics.cir import circo_map, cirr_recall, cirr_subset_recall
+    from mmembed.metrics.cir import (
+        circo_map,
+        cirr_recall,
+        cirr_subset_recall,
+        recall_at_k,
+    )
 
     if protocol == "circo":
         return circo_map(scores, [q.ground_truth for q in split.queries])
@@ -136,7 +141,5 @@ def cir_metrics(scores: Tensor, split: CIRSplit, protocol: Protocol = "cirr") ->
     if protocol == "genecis":
         return cirr_subset_recall(scores, target, reference, [q.members for q in split.queries], (1, 2, 3))
     if protocol == "fashioniq":  # the reference stays in the gallery: rank it like any other image
-        position = torch.arange(scores.shape[1])
-        ranks = [int(((row > row[t]) | ((row == row[t]) & (position < t))).sum()) for row, t in zip(scores, target, strict=True)]
-        return {f"r{k}": 100.0 * sum(r < k for r in ranks) / len(ranks) for k in (10, 50)}
+        return recall_at_k(scores, target, (10, 50))
     raise ValueError(f"protocol must be cirr, circo, fashioniq or genecis, got {protocol!r}")

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from mmembed.metrics.retrieval import DEFAULT_CHUNK_SIZE, _top_k
 
-__all__ = ["circo_map", "cirr_recall", "cirr_subset_recall"]
+__all__ = ["circo_map", "cirr_recall", "cirr_subset_recall", "recall_at_k"]
 
 
 def _check_scores(scores: Tensor, n_queries: int, name: str) -> Tensor:
@@ -90,23 +90,50 @@ def cirr_recall(
         scores (Q, G), target_index (Q,), reference_index (Q,).
     """
     scores = _check_scores(scores, len(target_index), "target_index")
-    q, g = scores.shape
+    g = scores.shape[1]
     target = _index(target_index, g, "target_index", scores.device)
     reference = _index(reference_index, g, "reference_index", scores.device)
     if (target == reference).any():
         rows = (target == reference).nonzero().flatten()[:5].tolist()
         raise ValueError(f"queries {rows} have their reference as target; CIRR removes the reference from the ranking")
-    ks = _ks(ks)
+    return _recall(scores, target, reference, _ks(ks), chunk_size)
+
+
+def recall_at_k(
+    scores: Tensor,
+    target_index: Tensor | Sequence[int],
+    ks: Sequence[int] = (10, 50),
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> dict[str, float]:
+    """Recall@K with one target per query and nothing removed from the ranking (FashionIQ, whose
+    reference stays in the gallery).
+
+    Returns:
+        ``{"r10": ..., "r50": ...}`` in percent.
+
+    Shapes:
+        scores (Q, G), target_index (Q,).
+    """
+    scores = _check_scores(scores, len(target_index), "target_index")
+    target = _index(target_index, scores.shape[1], "target_index", scores.device)
+    return _recall(scores, target, None, _ks(ks), chunk_size)
+
+
+def _recall(scores: Tensor, target: Tensor, reference: Tensor | None, ks: tuple[int, ...],
+            chunk_size: int) -> dict[str, float]:
+    """Share of rows whose target ranks in the top K (ties: lower index first), with each row's
+    ``reference`` left out of the ranking when given."""
+    q, g = scores.shape
     hits = torch.zeros(len(ks), dtype=torch.float64)
     everything = torch.arange(g, device=scores.device)
     for start in range(0, q, chunk_size):
         s = scores[start:start + chunk_size]
-        b = s.shape[0]
-        rows = slice(start, start + b)
-        # the reference is ahead of the target at most once: count it only when it would be
-        ahead = (s > s.gather(1, target[rows, None])) | (
-            (s == s.gather(1, target[rows, None])) & (everything[None, :] < target[rows, None]))
-        rank = ahead.sum(1) - ahead.gather(1, reference[rows, None]).squeeze(1).long()  # (b,)
+        rows = slice(start, start + s.shape[0])
+        t = s.gather(1, target[rows, None])  # (b, 1)
+        ahead = (s > t) | ((s == t) & (everything[None, :] < target[rows, None]))  # (b, G)
+        rank = ahead.sum(1)
+        if reference is not None:  # the reference is ahead of the target at most once
+            rank = rank - ahead.gather(1, reference[rows, None]).squeeze(1).long()
         hits += torch.stack([(rank < k).sum() for k in ks]).double().cpu()
     return {f"r{k}": float(100.0 * h / q) for k, h in zip(ks, hits, strict=True)}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmembed.metrics.cir import circo_map, cirr_recall, cirr_subset_recall
+from mmembed.metrics.cir import circo_map, cirr_recall, cirr_subset_recall, recall_at_k
 
 
 def ranking(row: torch.Tensor) -> list[int]:
@@ -56,6 +56,7 @@ def test_all_three_match_loop_references_with_ties():
     gts = [sorted({int(target[i]), *torch.randint(0, g, (int(torch.randint(0, 5, ())),)).tolist()}) for i in range(q)]
     ks = (1, 3, 10)
     r_hits, s_hits, ap = {k: 0 for k in ks}, {k: 0 for k in ks}, {k: 0.0 for k in ks}
+    plain_hits = {k: 0 for k in ks}  # nothing removed (FashionIQ)
     for i in range(q):
         order = [j for j in ranking(scores[i]) if j != int(reference[i])]
         members = {int(m) for m in subset[i]} - {int(reference[i])}
@@ -63,6 +64,7 @@ def test_all_three_match_loop_references_with_ties():
         full = ranking(scores[i])
         for k in ks:
             r_hits[k] += int(target[i]) in order[:k]
+            plain_hits[k] += int(target[i]) in full[:k]
             s_hits[k] += int(target[i]) in sub[:k]
             found, total = 0, 0.0
             for rank, j in enumerate(full[:k], start=1):
@@ -72,6 +74,8 @@ def test_all_three_match_loop_references_with_ties():
             ap[k] += total / min(k, len(gts[i]))
     got = cirr_recall(scores, target, reference, ks, chunk_size=7)
     assert got == pytest.approx({f"r{k}": 100 * r_hits[k] / q for k in ks})
+    got = recall_at_k(scores, target, ks, chunk_size=7)
+    assert got == pytest.approx({f"r{k}": 100 * plain_hits[k] / q for k in ks})
     got = cirr_subset_recall(scores, target, reference, subset, ks)
     assert got == pytest.approx({f"r{k}": 100 * s_hits[k] / q for k in ks})
     got = circo_map(scores, gts, ks, chunk_size=7)
