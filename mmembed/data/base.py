@@ -80,9 +80,10 @@ class RetrievalDataModule(pl.LightningDataModule):
             self._eval_cache[split] = self.build_eval_datasets(split)
         return self._eval_cache[split]
 
-    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset, train: bool, collate_fn: Any = None) -> DataLoader:
         return DataLoader(
             dataset,
+            collate_fn=collate_fn,
             batch_size=self.batch_size if train else self.eval_batch_size,
             shuffle=train,
             drop_last=train,

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 COLUMNS = (("r1", "R@1"), ("r5", "R@5"), ("r10", "R@10"), ("map", "mAP"), ("minp", "mINP"))
+_PATTERNS = ((re.compile(r"^r(\d+)$"), "R@{}"), (re.compile(r"^subset_r(\d+)$"), "Rs@{}"),
+             (re.compile(r"^map(\d+)$"), "mAP@{}"))
+
+
+def _label(key: str) -> str:
+    for pattern, label in _PATTERNS:
+        match = pattern.match(key)
+        if match:
+            return label.format(match.group(1))
+    return key
 
 
 def print_retrieval_table(rows: Mapping[str, Mapping[str, float]], title: str) -> None:
@@ -21,7 +32,7 @@ def print_retrieval_table(rows: Mapping[str, Mapping[str, float]], title: str) -
 
     first = next(iter(rows.values()))
     known = [(k, label) for k, label in COLUMNS if k in first]
-    extra = [(k, k) for k in first if k not in dict(COLUMNS)]
+    extra = [(k, _label(k)) for k in first if k not in dict(COLUMNS)]
     named = list(rows) != ["main"]
     table = Table(title=title, min_width=len(title) + 4)
     if named:

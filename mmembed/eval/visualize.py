@@ -16,6 +16,7 @@ def plot_ranked_results(
     correct: Tensor,
     out_path: str | Path,
     title: str | None = None,
+    query_images: Sequence[str | Path] | None = None,
 ) -> Path:
     """Draw each text query with its top-K gallery images; correct ones get a green frame.
 
@@ -26,6 +27,8 @@ def plot_ranked_results(
         correct: Whether each ranked image has the query's identity.
         out_path: PNG to write (parent folders are created).
         title: Optional figure title.
+        query_images: Optional image of each query (composed retrieval: the reference), drawn
+            after the text with a blue frame.
 
     Returns:
         The written path.
@@ -40,15 +43,27 @@ def plot_ranked_results(
     from PIL import Image
 
     n_q, k = ranked.shape
-    fig, axes = plt.subplots(n_q, k + 1, figsize=(1.1 * k + 3.2, 2.0 * n_q), squeeze=False,
-                             gridspec_kw={"width_ratios": [3.0] + [1.0] * k})
+    extra = 1 if query_images is not None else 0
+    fig, axes = plt.subplots(n_q, k + 1 + extra, figsize=(1.1 * (k + extra) + 3.2, 2.0 * n_q), squeeze=False,
+                             gridspec_kw={"width_ratios": [3.0] + [1.0] * (k + extra)})
     for row in range(n_q):
         ax = axes[row][0]
         ax.axis("off")
         ax.text(0.0, 0.5, "\n".join(textwrap.wrap(query_texts[row], 34)[:7]), fontsize=7, va="center", ha="left",
                 transform=ax.transAxes)
+        if query_images is not None:
+            ax = axes[row][1]
+            with Image.open(query_images[row]) as img:
+                ax.imshow(img.convert("RGB"))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_edgecolor("#2166ac")
+                spine.set_linewidth(3.0)
+            if row == 0:
+                ax.set_title("query", fontsize=7)
         for col in range(k):
-            ax = axes[row][col + 1]
+            ax = axes[row][col + 1 + extra]
             with Image.open(gallery_paths[int(ranked[row, col])]) as img:
                 ax.imshow(img.convert("RGB"))
             ok = bool(correct[row, col])

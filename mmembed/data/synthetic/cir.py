@@ -16,12 +16,13 @@ The output follows CIRR, so the CIRR loader reads it unchanged:
   split's gallery holds every image);
 * ``synth_captions.json`` (SynthCIR only): image name -> ``caption`` and ``held_out``, for
   pretraining a CLIP on the seen combinations (and for the oracle query, the target's caption);
+* ``synth_meta.json``: the generation parameters and the held-out combinations;
+* ``clip_{train,test}.jsonl``: (``filepath``, ``caption``) lists for
+  :class:`~mmembed.data.image_text.ImageTextDataModule`: each seen render with every caption
+  template, and every render with its own caption.
 
 Unlike CIRR, whose test targets are hidden for its evaluation server, SynthCIR's ``test1`` file
-keeps ``target_hard``.
-* ``synth_meta.json``: the generation parameters and the held-out combinations.
-
-Only numpy and PIL are used; the output is byte-identical for a seed.
+keeps ``target_hard``. Only numpy and PIL are used; the output is byte-identical for a seed.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-__all__ = ["COLOURS", "POSITIONS", "SHAPES", "SIZES", "Combo", "caption", "edits", "render", "write_synth_cir"]
+__all__ = ["COLOURS", "POSITIONS", "SHAPES", "SIZES", "TRIPLET_VOCABULARY", "Combo", "caption", "edits", "render",
+           "write_synth_cir"]
 
 SHAPES = ("circle", "square", "triangle")
 COLOURS = ("red", "green", "blue", "yellow", "purple")
@@ -51,6 +53,14 @@ EDIT_TEMPLATES = {
     "shape": ("turn it into a {new}", "change the shape to a {new}", "make it a {new}", "replace it with a {new}"),
     "size": ("make it {new}", "change the size to {new}", "{new} instead", "resize it to {new}"),
     "position": ("move it to the {new}", "put it in the {new}", "place it at the {new}", "shift it to the {new}"),
+}
+
+# RTD's rule-based triplets on SynthCIR captions: the attribute values and the *training* paraphrases
+TRIPLET_VOCABULARY = {
+    "shape": (SHAPES, EDIT_TEMPLATES["shape"][:-1]),
+    "colour": (COLOURS, EDIT_TEMPLATES["colour"][:-1]),
+    "size": (SIZES, EDIT_TEMPLATES["size"][:-1]),
+    "position": (POSITIONS, EDIT_TEMPLATES["position"][:-1]),
 }
 
 
@@ -167,6 +177,12 @@ def write_synth_cir(out: str | Path, seed: int = 0, renders: int = 3, holdout: f
         paths = {n: f"./img/{n}.png" for c in combos for n in names[c]}
         (out / "image_splits" / f"split.rc2.{split}.json").write_text(json.dumps(paths, indent=1))
     (out / "synth_captions.json").write_text(json.dumps(captions, indent=1))
+    # CLIP pretraining lists: every caption template of every seen render; one caption per render for test
+    rows = [json.dumps({"filepath": f"img/{n}.png", "caption": caption(c, t)})
+            for c in seen for n in names[c] for t in range(len(CAPTION_TEMPLATES))]
+    (out / "clip_train.jsonl").write_text("\n".join(rows) + "\n")
+    rows = [json.dumps({"filepath": f"img/{n}.png", "caption": v["caption"]}) for n, v in captions.items()]
+    (out / "clip_test.jsonl").write_text("\n".join(rows) + "\n")
     meta = {"seed": seed, "renders": renders, "holdout": holdout, "queries_per_combo": queries_per_combo,
             "image_size": image_size, "held_out": sorted(c.name for c in held)}
     (out / "synth_meta.json").write_text(json.dumps(meta, indent=1))

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Phi", "lincir_loss", "noisy_embeddings"]
+__all__ = ["Phi", "lincir_loss", "noise_std", "noisy_embeddings"]
 
 
 class Phi(nn.Module):
@@ -71,14 +71,40 @@ class Phi(nn.Module):
 
     @classmethod
     def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> Phi:
-        """Rebuild phi from a file written by :meth:`save` (weights only, loaded strictly)."""
-        blob = torch.load(path, map_location=map_location, weights_only=True)
+        """Rebuild phi from a file written by :meth:`save` (weights only, loaded strictly), or from a
+        Lightning checkpoint (``.ckpt``) of the LinCIR module, which stores phi under ``"phi"``.
+
+        A ``.ckpt`` holds pickled hyperparameters besides tensors, so it is read with
+        ``weights_only=False``: load only checkpoints you trust (your own runs).
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"phi checkpoint {path} does not exist (LinCIR writes phi.pt into its run folder)")
+        blob = torch.load(path, map_location=map_location, weights_only=path.suffix != ".ckpt")
+        if path.suffix == ".ckpt" and isinstance(blob, dict):
+            blob = blob.get("phi", blob)
         if not isinstance(blob, dict) or "config" not in blob or "state_dict" not in blob:
             raise ValueError(f"{path} is not a phi checkpoint (expected the keys config and state_dict written "
                              "by Phi.save)")
         phi = cls(**blob["config"])
         phi.load_state_dict(blob["state_dict"], strict=True)
         return phi
+
+
+def noise_std(embeddings: Tensor, scale: float, relative: bool = False) -> float:
+    """The noise standard deviation ``sigma`` of :func:`noisy_embeddings`.
+
+    ``relative=False`` (the papers): ``sigma = scale``, an absolute value tuned to CLIP ViT-L/14
+    embedding norms (LinCIR 1.0, RTD 0.5). ``relative=True``: ``sigma = scale * mean ||e|| /
+    sqrt(D)``, so that at ``u = 1`` the noise norm is about ``scale`` times the mean embedding norm
+    whatever the encoder (for encoders far from CLIP-L's scale, such as a small CLIP trained here).
+
+    Shapes:
+        embeddings (B, D) -> a float.
+    """
+    if not relative:
+        return float(scale)
+    return float(scale * embeddings.detach().float().norm(dim=-1).mean() / embeddings.shape[-1] ** 0.5)
 
 
 def noisy_embeddings(embeddings: Tensor, scale: float = 1.0, generator: torch.Generator | None = None) -> Tensor:

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from mmembed.eval.cir import PROMPT
 from mmembed.losses.contrastive import nt_xent_union
-from mmembed.methods.lincir.phi import noisy_embeddings
+from mmembed.methods.lincir.phi import noise_std, noisy_embeddings
 from mmembed.methods.rtd.prompts import rtd_pairs
 from mmembed.methods.rtd.triplets import TextTriplet
 
@@ -36,6 +36,7 @@ def rtd_loss(
     temperature: float = 0.07,
     template: str = PROMPT,
     generator: torch.Generator | None = None,
+    noise_relative: bool = False,
 ) -> Tensor:
     """The target-anchored NT-Xent loss of one batch of B triplets (2B query-anchor pairs).
 
@@ -48,6 +49,8 @@ def rtd_loss(
         temperature: NT-Xent temperature (RTD: 0.07).
         template: The composed-query prompt.
         generator: Optional generator for the noise.
+        noise_relative: Read ``noise_scale`` relative to the reference embeddings' mean norm
+            (:func:`~mmembed.methods.lincir.phi.noise_std`); RTD's 0.5 is absolute.
 
     Returns:
         Scalar loss; gradients reach only ``query_encoder``.
@@ -65,7 +68,8 @@ def rtd_loss(
     with torch.no_grad():
         anchors = anchor_encoder.encode_text(tokenizer(anchors_text).to(anchor_device)).embedding  # (2B, D): T_t, T_r
         reference = anchors[b:]  # e_r: the raw reference-caption embeddings
-        tokens = phi(noisy_embeddings(reference, noise_scale, generator))  # (B, W)
+        sigma = noise_std(reference, noise_scale, noise_relative)
+        tokens = phi(noisy_embeddings(reference, sigma, generator))  # (B, W)
     device = next(query_encoder.parameters()).device
     q = query_encoder.encode_text(tokenizer(queries).to(device), pseudo_tokens=tokens[rows].to(device)).embedding
     return nt_xent_union(anchors.to(device), q, temperature)

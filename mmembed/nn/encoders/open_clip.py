@@ -215,6 +215,12 @@ class OpenCLIPDualEncoder(nn.Module):
     def embed_dim(self) -> int:
         return int(self.config["embed_dim"])
 
+    @property
+    def text_width(self) -> int:
+        """Width W of the text tower's token embedding (a pseudo token's size)."""
+        tower = getattr(self.model, "text", self.model)
+        return int(tower.token_embedding.weight.shape[1])
+
     # ------------------------------------------------------------------- images
     def encode_image(self, images: Tensor, return_tokens: bool = False, return_attention: bool = False,
                      return_stages: int = 0) -> EmbeddingOutput:

@@ -1,0 +1,94 @@
+"""LinCIR: language-only training of the projection phi on a frozen CLIP.
+
+One step: the caption's embedding ``e`` (frozen text tower), noisy input ``e + sigma * u * eps``,
+``s = phi(.)``, the keyword-masked caption encoded with ``s`` in every ``$`` slot, and the MSE to
+``e``. Only phi learns. After ``fit`` phi is written on its own as ``phi.pt`` in the run folder
+(:meth:`~mmembed.methods.lincir.phi.Phi.load` reads it, and RTD takes it as ``phi_checkpoint``).
+
+References:
+    Gu et al., "Language-only Training of Zero-shot Composed Image Retrieval" (LinCIR), CVPR 2024,
+    https://arxiv.org/abs/2312.01998.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+
+from mmembed.lit.cir_module import ComposedRetrievalModule
+from mmembed.methods.lincir.phi import Phi, lincir_loss, noise_std, noisy_embeddings
+
+__all__ = ["LinCIR"]
+
+
+class LinCIR(ComposedRetrievalModule):
+    """LinCIR's self-masking projection, trained on captions only (data:
+    :class:`~mmembed.data.cir_datamodule.CaptionDataModule`).
+
+    Args:
+        encoder: :class:`~mmembed.nn.encoders.open_clip.OpenCLIPDualEncoder` (frozen).
+        phi_arch: ``lincir`` (the paper's MLP) or ``pic2word`` (Pic2Word's mapping network).
+        phi_hidden_dim: Hidden width (None: ``4 * D`` for ``lincir``).
+        phi_dropout: Dropout in phi (LinCIR: 0.5).
+        noise_scale: Input noise sigma (LinCIR: 1.0, absolute for CLIP ViT-L/14).
+        noise_relative: Read ``noise_scale`` relative to the caption embeddings' mean norm
+            (:func:`~mmembed.methods.lincir.phi.noise_std`); for encoders far from CLIP-L's scale.
+        optimizer, lr_scheduler, lr_scheduler_interval, no_decay_1d, plot_queries, plot_top_k:
+            See :class:`~mmembed.lit.cir_module.ComposedRetrievalModule` (LinCIR: AdamW, lr 1e-4,
+            weight decay 0.01 on every parameter, constant learning rate).
+        export_phi: Write ``phi.pt`` into the run folder after ``fit``.
+
+    Shapes:
+        batch: text (B, L), masked (B, L) -> loss ().
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        phi_arch: Literal["lincir", "pic2word"] = "lincir",
+        phi_hidden_dim: int | None = None,
+        phi_dropout: float = 0.5,
+        noise_scale: float = 1.0,
+        noise_relative: bool = False,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        lr_scheduler_interval: Literal["epoch", "step"] = "step",
+        no_decay_1d: bool = False,
+        plot_queries: int = 6,
+        plot_top_k: int = 8,
+        export_phi: bool = True,
+    ) -> None:
+        super().__init__(encoder, optimizer, lr_scheduler, lr_scheduler_interval, no_decay_1d, plot_queries, plot_top_k)
+        self.phi = Phi(encoder.embed_dim, encoder.text_width, phi_hidden_dim, phi_dropout, phi_arch)
+
+    def frozen_modules(self) -> list[nn.Module]:
+        return [self.encoder]  # phi trains
+
+    def compute_loss(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        with torch.no_grad():
+            target = self.encoder.encode_text(batch["text"]).embedding.float()  # (B, D): e
+        sigma = noise_std(target, self.hparams.noise_scale, self.hparams.noise_relative)
+        tokens = self.phi(noisy_embeddings(target, sigma).to(self.dtype))  # (B, W)
+        predicted = self.encoder.encode_text(batch["masked"], pseudo_tokens=tokens).embedding  # (B, D)
+        cos = F.cosine_similarity(predicted.detach().float(), target, dim=-1).mean()
+        return {"loss": lincir_loss(predicted, target), "cos": cos, "noise_std": torch.tensor(sigma)}
+
+    def phi_metadata(self) -> dict[str, Any]:
+        return {"method": "lincir", "encoder_config": getattr(self.encoder, "config", None),
+                "noise_scale": self.hparams.noise_scale, "noise_relative": self.hparams.noise_relative}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # phi on its own inside the Lightning checkpoint, so Phi.load reads a .ckpt as well
+        checkpoint["phi"] = {"config": self.phi.config, "metadata": self.phi_metadata(),
+                             "state_dict": {k: v.detach().cpu() for k, v in self.phi.state_dict().items()}}
+
+    def on_fit_end(self) -> None:
+        out_dir = self.output_dir()  # a collective under DDP: every rank asks
+        if self.trainer.fast_dev_run or not self.hparams.export_phi or not self.trainer.is_global_zero:
+            return
+        path = self.phi.save(out_dir / "phi.pt", **self.phi_metadata())
+        print(f"phi written to {path}")
