@@ -1,0 +1,98 @@
+"""CIR datamodules: caption files in every format, LinCIR's masked items, RTD's triplets (held-out
+combinations and paraphrases never leak into training), query/gallery loader pairs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mmembed.data.cir_datamodule import CaptionDataModule, CIRDataModule, TripletDataModule, read_captions
+from mmembed.data.errors import DatasetFormatError
+from mmembed.data.synthetic.cir import EDIT_TEMPLATES, write_synth_cir
+from mmembed.methods.rtd.triplets import TextTriplet, save_triplets
+from mmembed.nn.encoders.open_clip import PSEUDO_TOKEN_ID
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth_cir") / "w"
+    write_synth_cir(root, seed=0)
+    return root
+
+
+def test_read_captions_in_every_format(tmp_path, world):
+    (tmp_path / "a.txt").write_text("a red car\n\n  a dog on grass \n")
+    (tmp_path / "b.json").write_text(json.dumps(["one", {"caption": "two"}]))
+    (tmp_path / "c.jsonl").write_text('{"text": "three"}\n{"text": "four"}\n')
+    (tmp_path / "d.csv").write_text("id,caption\n1,five\n")
+    assert read_captions(f"{tmp_path}/a.txt, {tmp_path}/b.json") == ["a red car", "a dog on grass", "one", "two"]
+    assert read_captions(str(tmp_path / "c.jsonl"), text_col="text") == ["three", "four"]
+    assert read_captions(str(tmp_path / "d.csv")) == ["five"]
+    synth = json.loads((world / "synth_captions.json").read_text())
+    seen = [v["caption"] for v in synth.values() if not v["held_out"]]
+    assert read_captions(str(world / "synth_captions.json")) == seen
+    assert len(read_captions(str(world / "synth_captions.json"), exclude_held_out=False)) == len(synth) > len(seen)
+    with pytest.raises(FileNotFoundError, match="missing.txt"):
+        read_captions(str(tmp_path / "missing.txt"))
+    with pytest.raises(DatasetFormatError, match="text_col"):
+        read_captions(str(tmp_path / "c.jsonl"))
+    (tmp_path / "e.parquet").write_text("")
+    with pytest.raises(DatasetFormatError, match="unsupported"):
+        read_captions(str(tmp_path / "e.parquet"))
+
+
+def test_lincir_items_pair_a_caption_with_its_masked_copy(tmp_path, tiny_encoder):
+    long = "a " + " ".join(["very"] * 40) + " red car"  # every keyword past the 12-token context
+    (tmp_path / "c.txt").write_text(f"a red car on the road\n{long}\n")
+    data = CaptionDataModule(captions=str(tmp_path / "c.txt"), batch_size=2, processor=tiny_encoder().processor)
+    batch = next(iter(data.train_dataloader()))
+    assert batch["text"].shape == batch["masked"].shape == (2, 12)
+    assert not (batch["text"] == PSEUDO_TOKEN_ID).any()
+    assert (batch["masked"] == PSEUDO_TOKEN_ID).any(dim=1).all()  # the long one falls back to "a photo of $"
+    tokenizer = tiny_encoder().tokenizer
+    first = 0 if batch["index"][0] == 0 else 1
+    assert torch.equal(batch["masked"][first], tokenizer(["$ on $"])[0])
+
+
+def test_rule_triplets_on_synth_cir_stay_among_seen_combinations_and_paraphrases(world, tiny_encoder):
+    data = TripletDataModule(captions=str(world / "synth_captions.json"), vocabulary="synth_cir", per_caption=4,
+                             processor=tiny_encoder().processor)
+    triplets = data.triplets()
+    synth = json.loads((world / "synth_captions.json").read_text())
+    held = {v["caption"] for v in synth.values() if v["held_out"]}
+    seen = {v["caption"] for v in synth.values() if not v["held_out"]}
+    assert len(triplets) > 500
+    assert all(t.reference in seen and t.target not in held for t in triplets)
+    assert sum(t.target in seen for t in triplets) == len(triplets)  # a swap lands on another seen caption
+    held_paraphrases = {tpl.split("{")[0].strip() for tpl in (v[-1] for v in EDIT_TEMPLATES.values())}
+    assert not any(t.conditioning.startswith(p) for t in triplets for p in held_paraphrases if p)
+    batch = next(iter(data.train_dataloader()))
+    assert isinstance(batch["reference"], list) and len(batch["conditioning"]) == data.batch_size
+    assert batch["index"].dtype == torch.long
+
+
+def test_triplets_from_official_files_and_errors(tmp_path, tiny_encoder):
+    path = save_triplets([TextTriplet("a red car", "make it blue", "a blue car")] * 3, tmp_path / "t.json")
+    data = TripletDataModule(triplets=str(path), batch_size=2, processor=tiny_encoder().processor)
+    assert data.triplets()[0] == TextTriplet("a red car", "make it blue", "a blue car")
+    with pytest.raises(ValueError, match="triplets"):
+        TripletDataModule()
+    (tmp_path / "c.txt").write_text("a dog on grass\n")
+    with pytest.raises(FileNotFoundError, match="vocabulary"):
+        TripletDataModule(captions=str(tmp_path / "c.txt"), vocabulary="nope.json").triplets()
+    with pytest.raises(DatasetFormatError, match="no triplets"):
+        TripletDataModule(captions=str(tmp_path / "c.txt"), vocabulary="synth_cir").triplets()
+
+
+def test_eval_loaders_come_in_gallery_query_pairs(world, tiny_encoder):
+    data = CIRDataModule(root=str(world), eval_batch_size=500, processor=tiny_encoder().processor)
+    gallery, queries = data.val_dataloader()
+    assert queries.dataset.gallery is gallery.dataset and gallery.dataset.name == "cirr"
+    g, q = next(iter(gallery)), next(iter(queries))
+    assert g["image"].shape == (360, 3, 32, 16)
+    assert q["text"].shape[0] == len(queries.dataset.split.queries) and "text2" not in q
+    assert (q["text"] == PSEUDO_TOKEN_ID).any(dim=1).all()
+    with pytest.raises(ValueError, match="prompt"):
+        CIRDataModule(prompt="a photo of {}")

@@ -1,0 +1,204 @@
+"""LinCIR and RTD under Lightning: validation equals the Lightning-free scoring, frozen modules stay
+frozen and in eval mode, only the trainable part moves, the exports load, hidden targets give
+submission files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from PIL import Image
+
+from mmembed.data.cir import read_cirr, read_fashioniq
+from mmembed.data.cir_datamodule import CaptionDataModule, CIRDataModule, TripletDataModule
+from mmembed.data.synthetic.cir import write_synth_cir
+from mmembed.eval.cir import cir_metrics, composed_scores, encode_images
+from mmembed.methods.lincir.module import LinCIR
+from mmembed.methods.lincir.phi import Phi
+from mmembed.methods.rtd.module import RTD
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth_cir") / "w"
+    write_synth_cir(root, seed=0)
+    return root
+
+
+def _trainer(**kw) -> pl.Trainer:
+    defaults = {"accelerator": "cpu", "logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
+                "enable_model_summary": False, "num_sanity_val_steps": 0}
+    return pl.Trainer(**{**defaults, **kw})
+
+
+def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _phi_file(encoder, path) -> str:
+    torch.manual_seed(3)
+    return str(Phi(encoder.embed_dim, encoder.text_width).save(path))
+
+
+def test_validation_equals_the_lightning_free_scores(world, tiny_encoder):
+    encoder = tiny_encoder()
+    torch.manual_seed(1)
+    module = LinCIR(encoder)
+    data = CaptionDataModule(captions=str(world / "synth_captions.json"), root=str(world), eval_batch_size=50,
+                             processor=encoder.processor)
+    got = _trainer().validate(module, data, verbose=False)[0]
+    split = read_cirr(world, "val")
+    gallery = encode_images(encoder.eval(), split.gallery_paths, progress=False)
+    want = cir_metrics(composed_scores(split, gallery, module.phi.eval(), encoder), split, "cirr")
+    for key, value in want.items():
+        assert got[f"val/cirr_{key}"] == pytest.approx(value, abs=1e-3), key
+    assert got["val/cirr_avg"] == pytest.approx((want["r5"] + want["subset_r1"]) / 2, abs=1e-3)
+
+
+def _fashioniq(world, root):
+    """A FashionIQ-layout folder with two categories, built from SynthCIR renders."""
+    names = sorted(p.stem for p in (world / "img").iterdir())
+    (root / "images").mkdir(parents=True)
+    for category, chosen in (("dress", names[:12]), ("shirt", names[40:52])):
+        for n in chosen:
+            Image.open(world / "img" / f"{n}.png").convert("RGB").save(root / "images" / f"{n}.jpg")
+        (root / "image_splits").mkdir(exist_ok=True)
+        (root / "captions").mkdir(exist_ok=True)
+        (root / "image_splits" / f"split.{category}.val.json").write_text(json.dumps(chosen))
+        queries = [{"candidate": chosen[i], "target": chosen[(i * 5 + 3) % 12], "captions": ["is red.", "has a dot?"]}
+                   for i in range(6)]
+        (root / "captions" / f"cap.{category}.val.json").write_text(json.dumps(queries))
+
+
+def test_fashioniq_validation_averages_orders_and_categories(world, tiny_encoder, tmp_path):
+    _fashioniq(world, tmp_path / "fiq")
+    encoder = tiny_encoder()
+    torch.manual_seed(1)
+    module = LinCIR(encoder)
+    data = CIRDataModule(benchmark="fashioniq", root=str(tmp_path / "fiq"), categories=("dress", "shirt"),
+                         eval_batch_size=5, processor=encoder.processor)
+    got = _trainer().validate(module, data, verbose=False)[0]
+    per = {}
+    for category in ("dress", "shirt"):
+        split = read_fashioniq(tmp_path / "fiq", category)
+        gallery = encode_images(encoder.eval(), split.gallery_paths, progress=False)
+        scores = composed_scores(split, gallery, module.phi.eval(), encoder, protocol="fashioniq")
+        per[category] = cir_metrics(scores, split, "fashioniq")
+        for key, value in per[category].items():
+            assert got[f"val/fashioniq_{category}_{key}"] == pytest.approx(value, abs=1e-3)
+    mean10 = (per["dress"]["r10"] + per["shirt"]["r10"]) / 2
+    mean50 = (per["dress"]["r50"] + per["shirt"]["r50"]) / 2
+    assert got["val/fashioniq_r10"] == pytest.approx(mean10, abs=1e-3)
+    assert got["val/fashioniq_avg"] == pytest.approx((mean10 + mean50) / 2, abs=1e-3)
+
+
+class _Modes(pl.Callback):
+    """Records the train/eval mode of each part at every backward pass."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, bool]] = []
+
+    def on_before_backward(self, trainer, module, loss) -> None:
+        parts = {"encoder": module.encoder, "phi": module.phi, "query": getattr(module, "query_encoder", None)}
+        modes = {k: m.training for k, m in parts.items() if m is not None}
+        modes["phi_dropout"] = any(d.training for d in module.phi.modules() if isinstance(d, torch.nn.Dropout))
+        self.seen.append(modes)
+
+
+def test_lincir_trains_phi_only_with_clip_frozen_in_eval_mode(world, tiny_encoder):
+    encoder = tiny_encoder()
+    module = LinCIR(encoder, noise_relative=True, noise_scale=0.5)
+    before_clip, before_phi = _state(module.encoder), _state(module.phi)
+    data = CaptionDataModule(captions=str(world / "synth_captions.json"), root=str(world), batch_size=16,
+                             eval_batch_size=120, processor=encoder.processor)
+    probe = _Modes()
+    _trainer(max_steps=4, val_check_interval=2, check_val_every_n_epoch=None, callbacks=[probe]).fit(module, data)
+    assert len(probe.seen) == 4
+    assert all(s["encoder"] is False and s["phi"] is True and s["phi_dropout"] for s in probe.seen)
+    assert _same(before_clip, _state(module.encoder))
+    assert not _same(before_phi, _state(module.phi))
+
+
+def test_rtd_moves_only_the_query_tower_and_keeps_frozen_parts_in_eval_mode(world, tiny_encoder, tmp_path):
+    encoder = tiny_encoder()
+    module = RTD(encoder, phi_checkpoint=_phi_file(encoder, tmp_path / "phi.pt"))
+    frozen, phi = _state(module.encoder), _state(module.phi)
+    query = _state(module.query_encoder)
+    assert not any(k.startswith("model.visual.") and v.numel() for k, v in query.items())  # no image tower copy
+    data = TripletDataModule(captions=str(world / "synth_captions.json"), vocabulary="synth_cir", root=str(world),
+                             batch_size=16, eval_batch_size=120, processor=encoder.processor)
+    probe = _Modes()
+    trainer = _trainer(max_steps=4, val_check_interval=2, check_val_every_n_epoch=None, callbacks=[probe],
+                       default_root_dir=str(tmp_path))
+    trainer.fit(module, data)
+    assert len(probe.seen) == 4  # the steps after validation too
+    assert all(s == {"encoder": False, "phi": False, "query": True, "phi_dropout": False} for s in probe.seen)
+    assert _same(frozen, _state(module.encoder))  # image tower and anchor text tower
+    assert _same(phi, _state(module.phi))
+    assert not _same(query, _state(module.query_encoder))
+    assert "val/cirr_r1" in trainer.callback_metrics
+
+    # the export: plain open_clip with the tuned text tower and the original image tower
+    import open_clip
+
+    config = json.loads((tmp_path / "open_clip_query_config.json").read_text())
+    (tmp_path / "rtd_query_export.json").write_text(json.dumps(config))
+    open_clip.add_model_config(tmp_path / "rtd_query_export.json")
+    model = open_clip.create_model("rtd_query_export", pretrained=str(tmp_path / "open_clip_query_model.pt")).eval()
+    text = encoder.tokenizer(["a photo of a red circle", "a blue square"])
+    images = torch.randn(2, 3, 32, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_text(text), module.query_encoder.eval().encode_text(text).embedding)
+        torch.testing.assert_close(model.encode_image(images), module.encoder.encode_image(images).embedding)
+    assert _same(phi, _state(Phi.load(tmp_path / "phi.pt")))
+
+
+def test_rtd_needs_a_matching_phi(tiny_encoder, tmp_path):
+    encoder = tiny_encoder()
+    with pytest.raises(ValueError, match="phi_checkpoint"):
+        RTD(encoder)
+    with pytest.raises(FileNotFoundError, match="phi.pt"):
+        RTD(encoder, phi_checkpoint=str(tmp_path / "missing.pt"))
+    wrong = str(Phi(encoder.embed_dim + 1, encoder.text_width).save(tmp_path / "wrong.pt"))
+    with pytest.raises(ValueError, match="another CLIP"):
+        RTD(encoder, phi_checkpoint=wrong)
+
+
+def test_phi_loads_from_a_lincir_lightning_checkpoint(tiny_encoder, tmp_path):
+    module = LinCIR(tiny_encoder())
+    checkpoint: dict = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)
+    torch.save(checkpoint, tmp_path / "last.ckpt")
+    assert _same(_state(module.phi), _state(Phi.load(tmp_path / "last.ckpt")))
+
+
+def test_hidden_test_targets_write_submission_files(world, tiny_encoder, tmp_path):
+    root = tmp_path / "cirr"
+    shutil.copytree(world, root)
+    records = json.loads((root / "captions" / "cap.rc2.test1.json").read_text())
+    for r in records:
+        r.pop("target_hard")
+    (root / "captions" / "cap.rc2.test1.json").write_text(json.dumps(records))
+    encoder = tiny_encoder()
+    data = CIRDataModule(root=str(root), eval_batch_size=200, processor=encoder.processor)
+    result = _trainer(default_root_dir=str(tmp_path)).test(LinCIR(encoder), data, verbose=False)
+    assert result == [{}] or not any(k.startswith("test/cirr") for k in result[0])
+    recall = json.loads((tmp_path / "submission_cirr_recall.json").read_text())
+    subset = json.loads((tmp_path / "submission_cirr_recall_subset.json").read_text())
+    assert recall["version"] == "rc2" and subset["metric"] == "recall_subset"
+    assert len(recall) - 2 == len(records)
+
+
+def test_evaluation_only_datamodule_refuses_to_train(tiny_encoder):
+    data = CIRDataModule(root="x", processor=tiny_encoder().processor)
+    with pytest.raises(ValueError, match="CaptionDataModule"):
+        data.train_dataloader()
+    with pytest.raises(ValueError, match="root"):
+        CIRDataModule(processor=tiny_encoder().processor).val_dataloader()
