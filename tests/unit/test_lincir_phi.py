@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mmembed.methods.lincir.keywords import mask_keywords
-from mmembed.methods.lincir.phi import Phi, lincir_loss, noisy_embeddings
+from mmembed.methods.lincir.phi import Phi, lincir_loss, noise_std, noisy_embeddings
 
 
 def test_phi_shapes_eval_determinism_and_checkpoint_roundtrip(tmp_path):
@@ -35,6 +35,17 @@ def test_noise_level_is_per_sample_between_zero_and_scale():
     assert torch.equal(noisy_embeddings(e, 0.0), e)
     with pytest.raises(ValueError):
         noisy_embeddings(e, -1.0)
+
+
+def test_relative_noise_scales_with_the_embedding_norm():
+    e = torch.randn(4000, 64) * 3.0  # norms about 3 * sqrt(64) = 24
+    assert noise_std(e, 0.5) == 0.5  # absolute: the papers' setting
+    sigma = noise_std(e, 0.5, relative=True)
+    assert sigma == pytest.approx(0.5 * float(e.norm(dim=-1).mean()) / 8.0)
+    noise = noisy_embeddings(e, sigma, generator=torch.Generator().manual_seed(0)) - e
+    u1 = noise.norm(dim=-1).max() / e.norm(dim=-1).mean()  # the largest draws have u close to 1
+    assert 0.4 < float(u1) < 0.7
+    assert noise_std(2 * e, 0.5, relative=True) == pytest.approx(2 * sigma)
 
 
 def test_loss_is_mse_with_a_constant_target():
