@@ -38,7 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mmembed.eval.runs import Job, run_jobs  # noqa: E402
+from mmembed.eval.runs import Job, run_jobs
 
 METRICS = [("cirr_r1", "CIRR R@1"), ("cirr_r5", "CIRR R@5"), ("cirr_r10", "CIRR R@10"),
            ("cirr_subset_r1", "CIRR Rs@1"), ("circo_map5", "CIRCO mAP@5"), ("circo_map10", "CIRCO mAP@10")]

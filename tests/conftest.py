@@ -42,3 +42,13 @@ def tiny_encoder() -> Callable[[], object]:
     """Factory of a tiny open_clip dual encoder (16-d, one block per tower, 32x16 images, 12 tokens),
     built after ``torch.manual_seed(0)`` so every call gives the same weights."""
     return _tiny_encoder
+
+
+@pytest.fixture(scope="session")
+def synth_cir_world(tmp_path_factory) -> Path:
+    """SynthCIR (seed 0, 360 renders in the CIRR layout), written once per test session; read-only."""
+    from mmembed.data.synthetic.cir import write_synth_cir
+
+    root = tmp_path_factory.mktemp("synth_cir") / "w"
+    write_synth_cir(root, seed=0)
+    return root

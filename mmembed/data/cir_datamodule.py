@@ -23,7 +23,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from mmembed.data.base import RetrievalDataModule
-from mmembed.data.cir import CIRSplit, read_circo, read_cirr, read_fashioniq, read_genecis
+from mmembed.data.cir import (
+    CIRSplit,
+    read_circo,
+    read_cirr,
+    read_fashioniq,
+    read_genecis,
+)
 from mmembed.data.errors import DatasetFormatError
 from mmembed.types import Processor
 
@@ -367,7 +373,11 @@ class TripletDataModule(CIRDataModule):
 
     def triplets(self) -> list:
         """Every training triplet (files first, then rule-based ones)."""
-        from mmembed.methods.rtd.triplets import clean_caption, load_triplets, rule_triplets
+        from mmembed.methods.rtd.triplets import (
+            clean_caption,
+            load_triplets,
+            rule_triplets,
+        )
 
         out = []
         for part in (p.strip() for p in (self.triplet_files or "").split(",") if p.strip()):

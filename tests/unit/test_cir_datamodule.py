@@ -8,18 +8,21 @@ import json
 import pytest
 import torch
 
-from mmembed.data.cir_datamodule import CaptionDataModule, CIRDataModule, TripletDataModule, read_captions
+from mmembed.data.cir_datamodule import (
+    CaptionDataModule,
+    CIRDataModule,
+    TripletDataModule,
+    read_captions,
+)
 from mmembed.data.errors import DatasetFormatError
-from mmembed.data.synthetic.cir import EDIT_TEMPLATES, write_synth_cir
+from mmembed.data.synthetic.cir import EDIT_TEMPLATES
 from mmembed.methods.rtd.triplets import TextTriplet, save_triplets
 from mmembed.nn.encoders.open_clip import PSEUDO_TOKEN_ID
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synth_cir") / "w"
-    write_synth_cir(root, seed=0)
-    return root
+@pytest.fixture
+def world(synth_cir_world):
+    return synth_cir_world
 
 
 def test_read_captions_in_every_format(tmp_path, world):

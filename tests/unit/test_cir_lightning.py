@@ -13,19 +13,20 @@ import torch
 from PIL import Image
 
 from mmembed.data.cir import read_cirr, read_fashioniq
-from mmembed.data.cir_datamodule import CaptionDataModule, CIRDataModule, TripletDataModule
-from mmembed.data.synthetic.cir import write_synth_cir
+from mmembed.data.cir_datamodule import (
+    CaptionDataModule,
+    CIRDataModule,
+    TripletDataModule,
+)
 from mmembed.eval.cir import cir_metrics, composed_scores, encode_images
 from mmembed.methods.lincir.module import LinCIR
 from mmembed.methods.lincir.phi import Phi
 from mmembed.methods.rtd.module import RTD
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synth_cir") / "w"
-    write_synth_cir(root, seed=0)
-    return root
+@pytest.fixture
+def world(synth_cir_world):
+    return synth_cir_world
 
 
 def _trainer(**kw) -> pl.Trainer:

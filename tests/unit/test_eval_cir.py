@@ -8,16 +8,13 @@ import torch
 import torch.nn.functional as F
 
 from mmembed.data.cir import CIRQuery, CIRSplit, read_cirr
-from mmembed.data.synthetic.cir import write_synth_cir
 from mmembed.eval.cir import cir_metrics, composed_scores, encode_images
 from mmembed.methods.lincir.phi import Phi
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synth_cir") / "w"
-    write_synth_cir(root, seed=0)
-    return root
+@pytest.fixture
+def world(synth_cir_world):
+    return synth_cir_world
 
 
 def test_scores_metrics_and_one_row_by_hand(world, tiny_encoder):
