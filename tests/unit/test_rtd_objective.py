@@ -49,3 +49,25 @@ def test_equals_the_written_out_step_and_refuses_a_training_phi(tiny_encoder):
         torch.testing.assert_close(got, nt_xent_union(anchors, q, 0.07))
     with pytest.raises(ValueError, match="phi must be in eval mode"):
         rtd_loss(trainable, frozen, phi.train(), TRIPLETS)
+    with pytest.raises(ValueError, match="anchor_encoder must be in eval mode"):
+        rtd_loss(trainable, frozen.train(), phi.eval(), TRIPLETS)
+
+
+def test_no_anchor_ablation_sends_gradient_through_the_anchors(tiny_encoder):
+    encoder = tiny_encoder()  # in training mode: it is the trainable side
+    phi = Phi(encoder.embed_dim, encoder.text_width).eval()
+    loss = rtd_loss(encoder, encoder, phi, TRIPLETS, noise_scale=0.0)
+    anchors = encoder.encode_text(encoder.tokenizer([t.target for t in TRIPLETS] + [t.reference for t in TRIPLETS]))
+    detached = nt_xent_union(anchors.embedding.detach(), _queries(encoder, phi, anchors.embedding[3:].detach()), 0.07)
+    torch.testing.assert_close(loss, detached)  # same value as with constant anchors ...
+    (grad,) = torch.autograd.grad(loss, encoder.model.token_embedding.weight)
+    (grad_const,) = torch.autograd.grad(detached, encoder.model.token_embedding.weight)
+    assert not torch.allclose(grad, grad_const)  # ... but the anchors now pull on the encoder too
+
+
+def _queries(encoder, phi, e_r):
+    s = phi(e_r)
+    tok = encoder.tokenizer
+    return torch.cat([encoder.encode_text(tok([f"a photo of $ that {t.conditioning}" for t in TRIPLETS]),
+                                          pseudo_tokens=s).embedding,
+                      encoder.encode_text(tok(["a photo of $"] * 3), pseudo_tokens=s).embedding])

@@ -55,6 +55,8 @@ class RTD(ComposedRetrievalModule):
         noise_scale: Noise on the reference caption embedding before phi (RTD: 0.5, absolute).
         noise_relative: Read ``noise_scale`` relative to the embeddings' mean norm.
         temperature: NT-Xent temperature (RTD: 0.07, fixed).
+        frozen_anchor: Anchors from the frozen text tower (RTD). ``False`` is the paper's "no
+            anchor" ablation: the trainable tower encodes the anchors too, with gradient.
         prompt: Composed-query prompt (training and evaluation).
         optimizer, lr_scheduler, lr_scheduler_interval, no_decay_1d, plot_queries, plot_top_k:
             See :class:`~mmembed.lit.cir_module.ComposedRetrievalModule` (RTD: AdamW, lr 1e-5,
@@ -72,6 +74,7 @@ class RTD(ComposedRetrievalModule):
         noise_scale: float = 0.5,
         noise_relative: bool = False,
         temperature: float = 0.07,
+        frozen_anchor: bool = True,
         prompt: str = PROMPT,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
@@ -104,7 +107,8 @@ class RTD(ComposedRetrievalModule):
     def compute_loss(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         triplets = [TextTriplet(*t) for t in zip(batch["reference"], batch["conditioning"], batch["target"],
                                                  strict=True)]
-        loss = rtd_loss(self.query_encoder, self.encoder, self.phi, triplets, self.hparams.noise_scale,
+        anchor = self.encoder if self.hparams.frozen_anchor else self.query_encoder
+        loss = rtd_loss(self.query_encoder, anchor, self.phi, triplets, self.hparams.noise_scale,
                         self.hparams.temperature, self.hparams.prompt, noise_relative=self.hparams.noise_relative)
         return {"loss": loss}
 

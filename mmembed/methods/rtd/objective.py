@@ -43,6 +43,8 @@ def rtd_loss(
     Args:
         query_encoder: The trainable text encoder (``encode_text(ids, pseudo_tokens=...)``).
         anchor_encoder: The frozen copy: anchors and reference embeddings, under ``no_grad``.
+            Passing ``query_encoder`` itself is the paper's "no anchor" ablation: anchors are
+            then encoded by the trainable encoder, with gradient (references detached for phi).
         phi: The frozen projection; an ``nn.Module`` must be in eval mode (dropout off).
         triplets: The batch.
         noise_scale: Scale of the noise on the reference embedding before phi (RTD: 0.5).
@@ -56,18 +58,20 @@ def rtd_loss(
         Scalar loss; gradients reach only ``query_encoder``.
 
     Raises:
-        ValueError: If phi or the anchor encoder is in training mode.
+        ValueError: If phi or a separate anchor encoder is in training mode.
     """
-    for name, module in (("phi", phi), ("anchor_encoder", anchor_encoder)):
+    shared = anchor_encoder is query_encoder
+    for name, module in (("phi", phi), ("anchor_encoder", None if shared else anchor_encoder)):
         if isinstance(module, nn.Module) and module.training:
             raise ValueError(f"{name} must be in eval mode (frozen; dropout off): call .eval() on it")
     tokenizer = anchor_encoder.tokenizer
     queries, anchors_text, rows = rtd_pairs(triplets, template)
     b = len(triplets)
     anchor_device = next(anchor_encoder.parameters()).device
-    with torch.no_grad():
+    with torch.set_grad_enabled(shared and torch.is_grad_enabled()):
         anchors = anchor_encoder.encode_text(tokenizer(anchors_text).to(anchor_device)).embedding  # (2B, D): T_t, T_r
-        reference = anchors[b:]  # e_r: the raw reference-caption embeddings
+    with torch.no_grad():
+        reference = anchors[b:].detach()  # e_r: the raw reference-caption embeddings
         sigma = noise_std(reference, noise_scale, noise_relative)
         tokens = phi(noisy_embeddings(reference, sigma, generator))  # (B, W)
     device = next(query_encoder.parameters()).device
