@@ -195,7 +195,7 @@ class ComposedRetrievalModule(EmbeddingModule):
             correct.append(torch.tensor([int(j) in truth for j in top]))
         path = plot_ranked_results(
             [queries.texts[r] for r in rows], gallery.image_paths, torch.stack(ranked).cpu(), torch.stack(correct),
-            out_dir / f"ranked_test_{name}.png", title=f"{name}: reference, modification and top-{k} (green = target)",
+            out_dir / f"ranked_test_{name}.png", title=f"{name}: reference (blue), modification and top-{k} (green = the annotated target)",
             query_images=[gallery.image_paths[split.queries[r].reference] for r in rows],
         )
         print(f"ranked results written to {path}")
