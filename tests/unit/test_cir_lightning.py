@@ -113,18 +113,20 @@ class _Modes(pl.Callback):
         self.seen.append(modes)
 
 
-def test_lincir_trains_phi_only_with_clip_frozen_in_eval_mode(world, tiny_encoder):
+def test_lincir_trains_phi_only_with_clip_frozen_in_eval_mode(world, tiny_encoder, tmp_path):
     encoder = tiny_encoder()
     module = LinCIR(encoder, noise_relative=True, noise_scale=0.5)
     before_clip, before_phi = _state(module.encoder), _state(module.phi)
     data = CaptionDataModule(captions=str(world / "synth_captions.json"), root=str(world), batch_size=16,
                              eval_batch_size=120, processor=encoder.processor)
     probe = _Modes()
-    _trainer(max_steps=4, val_check_interval=2, check_val_every_n_epoch=None, callbacks=[probe]).fit(module, data)
+    _trainer(max_steps=4, val_check_interval=2, check_val_every_n_epoch=None, callbacks=[probe],
+             default_root_dir=str(tmp_path)).fit(module, data)
     assert len(probe.seen) == 4
     assert all(s["encoder"] is False and s["phi"] is True and s["phi_dropout"] for s in probe.seen)
     assert _same(before_clip, _state(module.encoder))
     assert not _same(before_phi, _state(module.phi))
+    assert _same(_state(module.phi), _state(Phi.load(tmp_path / "phi.pt")))  # written after fit
 
 
 def test_rtd_moves_only_the_query_tower_and_keeps_frozen_parts_in_eval_mode(world, tiny_encoder, tmp_path):
