@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mmembed.data.cir import read_cirr, read_fashioniq
+from mmembed.data.cir import read_circo, read_cirr, read_fashioniq, read_genecis
 from mmembed.data.cir_datamodule import (
     CaptionDataModule,
     CIRDataModule,
@@ -98,6 +98,49 @@ def test_fashioniq_validation_averages_orders_and_categories(world, tiny_encoder
     mean50 = (per["dress"]["r50"] + per["shirt"]["r50"]) / 2
     assert got["val/fashioniq_r10"] == pytest.approx(mean10, abs=1e-3)
     assert got["val/fashioniq_avg"] == pytest.approx((mean10 + mean50) / 2, abs=1e-3)
+
+
+def _coco_like(world, folder, count):
+    """The first ``count`` SynthCIR renders saved as COCO-style numbered JPEGs; returns their ids."""
+    folder.mkdir(parents=True)
+    names = sorted(p.stem for p in (world / "img").iterdir())[:count]
+    for i, n in enumerate(names, start=1):
+        Image.open(world / "img" / f"{n}.png").convert("RGB").save(folder / f"{i:012d}.jpg")
+    return list(range(1, count + 1))
+
+
+def test_circo_and_genecis_validation_match_the_lightning_free_scores(world, tiny_encoder, tmp_path):
+    circo = tmp_path / "circo"
+    ids = _coco_like(world, circo / "COCO2017_unlabeled" / "unlabeled2017", 30)
+    (circo / "annotations").mkdir()
+    (circo / "COCO2017_unlabeled" / "annotations").mkdir()
+    info = {"images": [{"id": i, "file_name": f"{i:012d}.jpg"} for i in ids]}
+    (circo / "COCO2017_unlabeled" / "annotations" / "image_info_unlabeled2017.json").write_text(json.dumps(info))
+    queries = [{"id": q, "reference_img_id": ids[q], "target_img_id": ids[q + 7], "relative_caption": "is blue",
+                "shared_concept": "a shape", "gt_img_ids": [ids[q + 7], ids[(3 * q) % 30], ids[q + 11]]}
+               for q in range(9)]
+    (circo / "annotations" / "val.json").write_text(json.dumps(queries))
+    genecis = tmp_path / "genecis"
+    ids = _coco_like(world, genecis / "val2017", 20)
+    task = [{"condition": "red", "reference": {"val_image_id": ids[q]}, "target": {"val_image_id": ids[q + 1]},
+             "gallery": [{"val_image_id": ids[(q + k) % 20]} for k in (3, 5, 8, 13)]} for q in range(10)]
+    (genecis / "focus_object.json").write_text(json.dumps(task))
+    encoder = tiny_encoder()
+    torch.manual_seed(1)
+    module = LinCIR(encoder)
+    setups = [("circo", circo, {}, read_circo(circo, "val"), "circo_"),
+              ("genecis", genecis, {"categories": ("focus_object",), "image_root": str(genecis / "val2017")},
+               read_genecis(genecis / "focus_object.json", genecis / "val2017"), "genecis_focus_object_")]
+    for benchmark, root, extra, split, prefix in setups:
+        data = CIRDataModule(benchmark=benchmark, root=str(root), eval_batch_size=7, processor=encoder.processor,
+                             **extra)
+        got = _trainer().validate(module, data, verbose=False)[0]
+        gallery = encode_images(encoder.eval(), split.gallery_paths, progress=False)
+        want = cir_metrics(composed_scores(split, gallery, module.phi.eval(), encoder), split, benchmark)
+        assert want and set(want) <= {k.split("/")[-1].removeprefix(prefix) for k in got}
+        for key, value in want.items():
+            assert got[f"val/{prefix}{key}"] == pytest.approx(value, abs=1e-3), (benchmark, key)
+    assert got["val/genecis_r1"] == got["val/genecis_focus_object_r1"]  # the mean over one task
 
 
 class _Modes(pl.Callback):
