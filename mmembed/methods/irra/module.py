@@ -20,7 +20,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from mmembed.lit.embedding_module import EmbeddingModule
-from mmembed.methods.rde import objective as obj
+from mmembed.losses.identity import sdm
 from mmembed.nn.mlm import CrossModalMLMHead, mlm_inputs, mlm_loss
 
 
@@ -110,7 +110,7 @@ class IRRAModule(EmbeddingModule):
         loss = img_f.new_zeros(())
         if h.sdm_weight > 0:
             sim = F.normalize(txt_f, dim=-1) @ F.normalize(img_f, dim=-1).T  # text x image cosines
-            out["sdm"] = obj.sdm(sim, pids, scale=1.0 / h.temperature).mean()
+            out["sdm"] = sdm(sim, pids, scale=1.0 / h.temperature).mean()
             loss = loss + h.sdm_weight * out["sdm"]
         if self.classifier is not None:
             img_logits, txt_logits = self.classifier(img_f), self.classifier(txt_f)

@@ -19,7 +19,8 @@ Shapes:
 References:
     RDE, Qin et al., CVPR 2024, https://arxiv.org/abs/2308.09911 (Eq. 5, TAL;
     the loss ablation with TRL, TRL-S and InfoNCE).
-    IRRA, Jiang and Ye, CVPR 2023, https://arxiv.org/abs/2303.12501 (SDM loss).
+    IRRA, Jiang and Ye, CVPR 2023, https://arxiv.org/abs/2303.12501 (SDM loss, shared with IRRA
+    from :mod:`mmembed.losses.identity` and re-exported here).
 """
 
 from __future__ import annotations
@@ -31,27 +32,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mmembed.losses.identity import prepare_similarity as _prepare
+from mmembed.losses.identity import same_identity as _positives
+from mmembed.losses.identity import sdm
+
 __all__ = ["info_nce_per_sample", "reduce", "sdm", "tal", "tal_row", "trl", "trl_row", "trl_s"]
-
-
-def _prepare(sim: Tensor, pids: Tensor | None = None) -> Tensor:
-    """Validate shapes and upcast ``sim`` to the compute dtype (float32 or float64)."""
-    if sim.dim() != 2 or sim.shape[0] != sim.shape[1]:
-        raise ValueError(f"sim must be a square (B, B) matrix, got {tuple(sim.shape)}")
-    if pids is not None and tuple(pids.shape) != (sim.shape[0],):
-        raise ValueError(f"pids must have shape ({sim.shape[0]},), got {tuple(pids.shape)}")
-    if not sim.is_floating_point():
-        raise ValueError(f"sim must be a floating-point tensor, got {sim.dtype}")
-    return sim.to(torch.float64 if sim.dtype == torch.float64 else torch.float32)
 
 
 def _check_tau(tau: float) -> None:
     if not (math.isfinite(tau) and tau > 0):
         raise ValueError(f"tau must be a positive finite number, got {tau!r}")
-
-
-def _positives(pids: Tensor) -> Tensor:
-    return pids[:, None] == pids[None, :]  # (B,) -> (B, B) bool, diagonal included
 
 
 def _alpha_positive_term(s: Tensor, pos: Tensor, tau: float) -> Tensor:
@@ -243,39 +233,6 @@ def info_nce_per_sample(sim: Tensor, scale: float | Tensor = 50.0) -> Tensor:
     text_side = -F.log_softmax(logits, dim=1).diagonal()  # (B, B) -> (B,)
     image_side = -F.log_softmax(logits, dim=0).diagonal()  # (B, B) -> (B,)
     return 0.5 * (text_side + image_side)
-
-
-def sdm(sim: Tensor, pids: Tensor, scale: float | Tensor = 50.0, eps: float = 1e-8) -> Tensor:
-    """Similarity Distribution Matching (IRRA) per pair, both directions summed.
-
-    For each direction ``KL(p_i || q_i) = sum_j p_ij (log p_ij - log(q_ij + eps))``
-    with ``p_i = softmax(scale * S_i.)`` and ``q_i = P_i / sum_j P_ij`` the
-    uniform distribution over same-pid columns. The image side uses ``S^T``.
-
-    Args:
-        sim: Cosine similarities, ``S_ij = cos(text_i, image_j)``.
-        pids: Identity of each pair; equal pids are matches.
-        scale: Logit scale (50 in IRRA).
-        eps: Added to ``q`` inside the log, as in IRRA.
-
-    Returns:
-        Per-pair losses; IRRA averages them.
-
-    Shapes:
-        sim ``(B, B)``, pids ``(B,)`` -> ``(B,)``.
-
-    References:
-        IRRA, CVPR 2023, https://arxiv.org/abs/2303.12501 (SDM loss).
-    """
-    s = _prepare(sim, pids)
-    pos = _positives(pids).to(s.dtype)  # (B, B)
-    log_q = torch.log(pos / pos.sum(dim=1, keepdim=True) + eps)  # (B, B)
-
-    def kl(logits: Tensor) -> Tensor:
-        log_p = F.log_softmax(logits, dim=1)  # (B, B)
-        return (log_p.exp() * (log_p - log_q)).sum(dim=1)  # (B, B) -> (B,)
-
-    return kl(scale * s) + kl(scale * s.T)
 
 
 def reduce(
