@@ -22,6 +22,8 @@ from typing import Any, TypedDict
 
 from torch import Tensor
 
+PSEUDO_TOKEN_ID = 259  # CLIP BPE id of a stand-alone "$" ("$</w>"): the pseudo-word slot of composed queries
+
 
 class PairBatch(TypedDict):
     """A batch of matched image-text training pairs."""

@@ -100,9 +100,9 @@ def evaluate_seed(folder: Path) -> dict[str, dict[str, float]]:
 
     from mmembed.data.cir import read_cirr
     from mmembed.eval.cir import cir_metrics, composed_scores, encode_images
-    from mmembed.methods.lincir.phi import Phi
     from mmembed.metrics.cir import circo_map
     from mmembed.nn.encoders.open_clip import OpenCLIPDualEncoder
+    from mmembed.nn.phi import Phi
 
     torch.manual_seed(0)
     world = folder / "synth_cir"

@@ -15,6 +15,9 @@
 Each reader returns a :class:`CIRSplit`: the queries with gallery *positions* (so metrics take
 them directly) and the gallery's names and paths. Missing files or malformed entries stop with the
 file name and the first offending entries. Nothing is written to a dataset folder.
+
+The composed-query prompt (:data:`PROMPT`, ``"a photo of $ that {text}"``) and FashionIQ's two
+caption orders (:func:`fashioniq_prompts`) live here too, beside the queries they format.
 """
 
 from __future__ import annotations
@@ -24,7 +27,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CIRQuery", "CIRSplit", "read_circo", "read_cirr", "read_fashioniq", "read_genecis"]
+__all__ = ["PROMPT", "CIRQuery", "CIRSplit", "composed_prompt", "fashioniq_prompts", "read_circo", "read_cirr",
+           "read_fashioniq", "read_genecis"]
+
+# The composed-query prompt of every projection method here: "$" is the pseudo word, "{}" the modification.
+PROMPT = "a photo of $ that {}"
+
+
+def composed_prompt(text: str, template: str = PROMPT) -> str:
+    """The query text of one modification: ``template`` filled with the stripped text."""
+    return template.format(text.strip().strip(".?, ").strip())
+
+
+def fashioniq_prompts(first: str, second: str, template: str = PROMPT) -> tuple[str, str]:
+    """FashionIQ's two query texts: the captions joined with "and" in both orders (punctuation
+    ``.?,`` stripped from both ends of each)."""
+    a, b = (c.strip().strip(".?, ").strip() for c in (first, second))
+    return template.format(f"{a} and {b}"), template.format(f"{b} and {a}")
 
 
 @dataclass

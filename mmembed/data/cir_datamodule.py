@@ -1,5 +1,6 @@
-"""Datamodules for zero-shot composed image retrieval (CIR): benchmark evaluation, plus the text-only
-training data of LinCIR (captions) and RTD (text triplets).
+"""Zero-shot composed image retrieval (CIR) data: benchmark evaluation, and the caption reader of the
+text-only training data (LinCIR's captions in :mod:`mmembed.methods.lincir.data`, RTD's triplets in
+:mod:`mmembed.methods.rtd.data`).
 
 Evaluation runs on one benchmark in its released layout (:mod:`mmembed.data.cir`): CIRR (and
 SynthCIR), FashionIQ (one query set per category), CIRCO or GeneCIS object tasks. Every query set
@@ -14,17 +15,18 @@ from __future__ import annotations
 
 import csv
 import json
-import random
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 from torch.utils.data import DataLoader, Dataset
 
 from mmembed.data.base import RetrievalDataModule
 from mmembed.data.cir import (
+    PROMPT,
     CIRSplit,
+    composed_prompt,
+    fashioniq_prompts,
     read_circo,
     read_cirr,
     read_fashioniq,
@@ -33,10 +35,9 @@ from mmembed.data.cir import (
 from mmembed.data.errors import DatasetFormatError
 from mmembed.types import Processor
 
-__all__ = ["CIRDataModule", "CaptionDataModule", "TripletDataModule", "read_captions"]
+__all__ = ["CIRDataModule", "CIRGallery", "CIRQueries", "read_captions"]
 
 Benchmark = Literal["cirr", "fashioniq", "circo", "genecis"]
-PROMPT = "a photo of $ that {}"  # the same string as mmembed.eval.cir.PROMPT (kept import-light here)
 
 
 class CIRGallery(Dataset):
@@ -67,8 +68,6 @@ class CIRQueries(Dataset):
 
     def __init__(self, name: str, split: CIRSplit, protocol: Benchmark, processor: Processor,
                  prompt: str = PROMPT, gallery: CIRGallery | None = None) -> None:
-        from mmembed.eval.cir import composed_prompt, fashioniq_prompts
-
         self.name, self.split, self.protocol, self.tokenizer = name, split, protocol, processor.tokenizer
         self.gallery = gallery if gallery is not None else CIRGallery(name, split, processor)
         if protocol == "fashioniq":
@@ -89,7 +88,7 @@ class CIRQueries(Dataset):
 
 
 class CIRDataModule(RetrievalDataModule):
-    """Zero-shot CIR evaluation on one benchmark (no training data: see the subclasses).
+    """Zero-shot CIR evaluation on one benchmark (no training data: the methods' datamodules subclass it).
 
     Args:
         benchmark: ``cirr`` (also SynthCIR), ``fashioniq``, ``circo`` or ``genecis``.
@@ -160,7 +159,7 @@ class CIRDataModule(RetrievalDataModule):
 
     def build_train_dataset(self) -> Dataset:
         raise ValueError(f"{type(self).__name__} has no training data (evaluation only); train with "
-                         "CaptionDataModule (LinCIR) or TripletDataModule (RTD)")
+                         "mmembed.methods.lincir.data.CaptionDataModule or mmembed.methods.rtd.data.TripletDataModule")
 
     def val_dataloader(self) -> list[DataLoader]:
         return self._cir_loaders("val")
@@ -218,198 +217,3 @@ def read_captions(spec: str, text_col: str = "caption", exclude_held_out: bool =
     if not out:
         raise DatasetFormatError(f"no captions in {spec}")
     return out
-
-
-class _MaskedCaptions(Dataset):
-    """LinCIR items: the caption and its keyword-masked copy (``$`` = the pseudo word).
-
-    Shapes:
-        item: text (L,), masked (L,), index.
-    """
-
-    def __init__(self, captions: list[str], processor: Processor, tagger: str, seed: int) -> None:
-        self.captions, self.tokenizer, self.tagger, self.seed = captions, processor.tokenizer, tagger, seed
-
-    def __len__(self) -> int:
-        return len(self.captions)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        from mmembed.methods.lincir.keywords import FALLBACK, mask_keywords
-        from mmembed.nn.encoders.open_clip import PSEUDO_TOKEN_ID
-
-        caption = self.captions[i]
-        ids = self.tokenizer([caption, mask_keywords(caption, random.Random(self.seed * 1_000_003 + i), self.tagger)])
-        if not bool((ids[1] == PSEUDO_TOKEN_ID).any()):  # every $ fell past the context length
-            ids[1] = self.tokenizer([FALLBACK])[0]
-        return {"text": ids[0], "masked": ids[1], "index": i}
-
-
-class CaptionDataModule(CIRDataModule):
-    """LinCIR's language-only training data (captions, keyword-masked) plus CIR evaluation.
-
-    Args:
-        captions: Caption files (see :func:`read_captions`).
-        text_col: Key / column of the caption.
-        exclude_held_out: Skip SynthCIR's held-out combinations.
-        tagger: Keyword tagger, ``rules`` (default, no model) or ``spacy`` (if installed).
-        seed: Seed of the random-word fallback (per caption, so workers agree).
-        benchmark, root, val_subset, test_subset, categories, image_root, prompt, batch_size,
-        eval_batch_size, num_workers, pin_memory, processor: See :class:`CIRDataModule`.
-
-    Shapes:
-        train batch: text (B, L), masked (B, L), index (B,).
-    """
-
-    def __init__(
-        self,
-        captions: str,
-        text_col: str = "caption",
-        exclude_held_out: bool = True,
-        tagger: Literal["rules", "spacy"] = "rules",
-        seed: int = 0,
-        benchmark: Benchmark = "cirr",
-        root: str | None = None,
-        val_subset: str = "val",
-        test_subset: str = "test1",
-        categories: Sequence[str] = ("dress", "shirt", "toptee"),
-        image_root: str | None = None,
-        prompt: str = PROMPT,
-        batch_size: int = 64,
-        eval_batch_size: int = 256,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        processor: Processor | None = None,
-    ) -> None:
-        super().__init__(benchmark, root, val_subset, test_subset, categories, image_root, prompt, batch_size,
-                         eval_batch_size, num_workers, pin_memory, processor)
-        self.caption_files, self.text_col, self.exclude_held_out = captions, text_col, exclude_held_out
-        self.tagger, self.seed = tagger, seed
-
-    def build_train_dataset(self) -> Dataset:
-        captions = read_captions(self.caption_files, self.text_col, self.exclude_held_out)
-        return _MaskedCaptions(captions, self.require_processor(), self.tagger, self.seed)
-
-
-# ---------------------------------------------------------------------------- triplets (RTD)
-class _Triplets(Dataset):
-    """RTD items: the three strings of a triplet (the module tokenises; the batch is lists of strings)."""
-
-    def __init__(self, triplets: list) -> None:
-        self.triplets = triplets
-
-    def __len__(self) -> int:
-        return len(self.triplets)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        t = self.triplets[i]
-        return {"reference": t.reference, "conditioning": t.conditioning, "target": t.target, "index": i}
-
-
-def _vocabulary(spec: str | None) -> Any:
-    if spec is None:
-        return None
-    if spec == "synth_cir":
-        from mmembed.data.synthetic.cir import TRIPLET_VOCABULARY
-
-        return TRIPLET_VOCABULARY
-    path = Path(spec)
-    if not path.is_file():
-        raise FileNotFoundError(f"vocabulary {spec!r} is neither 'synth_cir' nor a JSON file "
-                                "({kind: [[values...], [templates with {old}/{new}...]]})")
-    return {k: (tuple(v[0]), tuple(v[1])) for k, v in json.loads(path.read_text(encoding="utf-8")).items()}
-
-
-class TripletDataModule(CIRDataModule):
-    """RTD's text triplets plus CIR evaluation.
-
-    Triplets come from ``triplets`` (the official JSON / JSONL format) and/or are generated from
-    ``captions`` by the rule-based attribute swap (:func:`mmembed.methods.rtd.triplets.rule_triplets`).
-
-    Args:
-        triplets: Triplet files (comma-separated), or None.
-        captions: Caption files for rule-based triplets (see :func:`read_captions`), or None.
-        text_col: Key / column of the caption.
-        exclude_held_out: Skip SynthCIR's held-out combinations as references *and* as targets.
-        vocabulary: Rule vocabulary: None (generic), ``synth_cir``, or a JSON file
-            ``{kind: [[values], [templates]]}``.
-        per_caption: Rule triplets drawn per caption.
-        seed: Seed of the rule draws.
-        benchmark, root, val_subset, test_subset, categories, image_root, prompt, batch_size,
-        eval_batch_size, num_workers, pin_memory, processor: See :class:`CIRDataModule`.
-
-    Shapes:
-        train batch: reference, conditioning, target (lists of B strings), index (B,).
-    """
-
-    def __init__(
-        self,
-        triplets: str | None = None,
-        captions: str | None = None,
-        text_col: str = "caption",
-        exclude_held_out: bool = True,
-        vocabulary: str | None = None,
-        per_caption: int = 4,
-        seed: int = 0,
-        benchmark: Benchmark = "cirr",
-        root: str | None = None,
-        val_subset: str = "val",
-        test_subset: str = "test1",
-        categories: Sequence[str] = ("dress", "shirt", "toptee"),
-        image_root: str | None = None,
-        prompt: str = PROMPT,
-        batch_size: int = 64,
-        eval_batch_size: int = 256,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        processor: Processor | None = None,
-    ) -> None:
-        super().__init__(benchmark, root, val_subset, test_subset, categories, image_root, prompt, batch_size,
-                         eval_batch_size, num_workers, pin_memory, processor)
-        if triplets is None and captions is None:
-            raise ValueError("give data.init_args.triplets (official JSON) or captions (rule-based triplets)")
-        self.triplet_files, self.caption_files, self.text_col = triplets, captions, text_col
-        self.exclude_held_out, self.vocabulary, self.per_caption, self.seed = (
-            exclude_held_out, vocabulary, per_caption, seed)
-
-    def triplets(self) -> list:
-        """Every training triplet (files first, then rule-based ones)."""
-        from mmembed.methods.rtd.triplets import (
-            clean_caption,
-            load_triplets,
-            rule_triplets,
-        )
-
-        out = []
-        for part in (p.strip() for p in (self.triplet_files or "").split(",") if p.strip()):
-            out += load_triplets(part)
-        if self.caption_files is not None:
-            captions = read_captions(self.caption_files, self.text_col, self.exclude_held_out)
-            generated = rule_triplets(captions, _vocabulary(self.vocabulary), self.per_caption, self.seed)
-            if self.exclude_held_out:  # a swap must not land on a held-out combination either
-                held = {clean_caption(c) for c in self._held_out_captions()}
-                generated = [t for t in generated if t.target not in held]
-            out += generated
-        if not out:
-            raise DatasetFormatError("no triplets: the files are empty or no caption has a vocabulary word")
-        return out
-
-    def _held_out_captions(self) -> list[str]:
-        held: list[str] = []
-        for part in (p.strip() for p in (self.caption_files or "").split(",") if p.strip()):
-            if part.endswith(".json"):
-                data = json.loads(Path(part).read_text(encoding="utf-8"))
-                if isinstance(data, dict):
-                    held += [v["caption"] for v in data.values() if isinstance(v, dict) and v.get("held_out")]
-        return held
-
-    def build_train_dataset(self) -> Dataset:
-        return _Triplets(self.triplets())
-
-    def _loader(self, dataset: Dataset, train: bool, collate_fn: Any = None) -> DataLoader:
-        # training batches keep the strings as lists (the module tokenises)
-        return super()._loader(dataset, train, _collate_strings if train else collate_fn)
-
-
-def _collate_strings(items: list[dict[str, Any]]) -> dict[str, Any]:
-    return {key: (torch.tensor([it[key] for it in items]) if key == "index" else [it[key] for it in items])
-            for key in items[0]}

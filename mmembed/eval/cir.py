@@ -18,25 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmembed.data.cir import CIRSplit
+from mmembed.data.cir import PROMPT, CIRSplit, composed_prompt, fashioniq_prompts
 
 __all__ = ["PROMPT", "cir_metrics", "composed_prompt", "composed_scores", "encode_images", "fashioniq_prompts"]
 
 Protocol = Literal["cirr", "circo", "fashioniq", "genecis"]
-PROMPT = "a photo of $ that {}"
-
-
-def composed_prompt(text: str, template: str = PROMPT) -> str:
-    """The query text of one modification: ``template`` filled with the stripped text."""
-    return template.format(text.strip().strip(".?, ").strip())
-
-
-def fashioniq_prompts(first: str, second: str, template: str = PROMPT) -> tuple[str, str]:
-    """FashionIQ's two query texts: the captions joined with "and" in both orders (punctuation
-    ``.?,`` stripped from both ends of each)."""
-    a, b = (c.strip().strip(".?, ").strip() for c in (first, second))
-    return template.format(f"{a} and {b}"), template.format(f"{b} and {a}")
-
 
 @torch.no_grad()
 def encode_images(encoder: nn.Module, paths: Sequence, batch_size: int = 256, device: str | torch.device = "cpu",

@@ -19,10 +19,21 @@ from torch import Tensor
 
 from mmembed.data.cir import CIRSplit
 
-__all__ = ["circo_submission", "cirr_submission"]
+__all__ = ["circo_submission", "cirr_submission", "top_k_positions"]
 
 
-def _ranked(row: Tensor, k: int, exclude: int | None = None, among: list[int] | None = None) -> list[int]:
+def top_k_positions(row: Tensor, k: int, exclude: int | None = None, among: list[int] | None = None) -> list[int]:
+    """The ``k`` best gallery positions of one score row, ties to the lower position.
+
+    Args:
+        row: Scores of one query against the gallery.
+        k: How many to return.
+        exclude: A position left out (CIRR: the reference).
+        among: Rank only these positions (CIRR's subset), duplicates counted once.
+
+    Shapes:
+        row (G,) -> a list of at most ``k`` positions.
+    """
     candidates = torch.tensor(among, dtype=torch.long) if among is not None else torch.arange(row.shape[0])
     if exclude is not None:
         candidates = candidates[candidates != exclude]
@@ -53,8 +64,8 @@ def cirr_submission(scores: Tensor, split: CIRSplit, prefix: str | Path, top_k: 
     recall: dict[str, object] = {"version": "rc2", "metric": "recall"}
     subset: dict[str, object] = {"version": "rc2", "metric": "recall_subset"}
     for row, q in zip(scores, split.queries, strict=True):
-        recall[str(q.id)] = [names[j] for j in _ranked(row, top_k, exclude=q.reference)]
-        subset[str(q.id)] = [names[j] for j in _ranked(row, subset_k, exclude=q.reference, among=q.members)]
+        recall[str(q.id)] = [names[j] for j in top_k_positions(row, top_k, exclude=q.reference)]
+        subset[str(q.id)] = [names[j] for j in top_k_positions(row, subset_k, exclude=q.reference, among=q.members)]
     prefix = Path(prefix)
     prefix.parent.mkdir(parents=True, exist_ok=True)
     out = (prefix.with_name(prefix.name + "_recall.json"), prefix.with_name(prefix.name + "_recall_subset.json"))
@@ -71,7 +82,7 @@ def circo_submission(scores: Tensor, split: CIRSplit, path: str | Path, top_k: i
     """
     _check(scores, split)
     scores = scores.detach().cpu()
-    out = {str(q.id): [split.gallery_names[j] for j in _ranked(row, top_k)]
+    out = {str(q.id): [split.gallery_names[j] for j in top_k_positions(row, top_k)]
            for row, q in zip(scores, split.queries, strict=True)}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

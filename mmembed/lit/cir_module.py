@@ -4,7 +4,7 @@ A frozen CLIP (image tower and the original text tower), a projection ``phi`` (i
 one pseudo-word token) and a query-side text encoder. Validation and test encode each query set's
 gallery with the frozen image tower, then every composed query ``"a photo of $ that {text}"`` with
 ``phi(reference)`` in the ``$`` slot, and score them with the benchmark's protocol
-(:mod:`mmembed.data.cir_datamodule` supplies the loaders). Metrics are logged as
+(:class:`~mmembed.data.cir_datamodule.CIRDataModule` and its subclasses supply the loaders). Metrics are logged as
 ``{stage}/{query set}_{metric}`` (``val/cirr_r1``, ``test/fashioniq_dress_r10``), plus the
 benchmarks' summaries (``cirr_avg`` = (R@5 + R_s@1)/2; FashionIQ and GeneCIS means over
 categories / tasks). Where a split hides its targets (CIRR ``test1``, CIRCO ``test``), test writes
@@ -179,6 +179,7 @@ class ComposedRetrievalModule(EmbeddingModule):
         out_dir = self.output_dir()
         if not self.trainer.is_global_zero:
             return
+        from mmembed.eval.cir_submission import top_k_positions
         from mmembed.eval.visualize import plot_ranked_results
 
         split, k = queries.split, self.hparams.plot_top_k
@@ -186,15 +187,13 @@ class ComposedRetrievalModule(EmbeddingModule):
         ranked, correct = [], []
         for r in rows:
             query = split.queries[r]
-            row = scores[r].clone()
-            if queries.protocol == "cirr":  # the reference is removed from CIRR rankings
-                row[query.reference] = float("-inf")
-            top = torch.sort(row, descending=True, stable=True).indices[:k]
+            exclude = query.reference if queries.protocol == "cirr" else None  # CIRR rankings drop the reference
+            top = top_k_positions(scores[r].cpu(), k, exclude=exclude)
             truth = set(query.ground_truth or ([query.target] if query.target is not None else []))
-            ranked.append(top)
-            correct.append(torch.tensor([int(j) in truth for j in top]))
+            ranked.append(torch.tensor(top))
+            correct.append(torch.tensor([j in truth for j in top]))
         path = plot_ranked_results(
-            [queries.texts[r] for r in rows], gallery.image_paths, torch.stack(ranked).cpu(), torch.stack(correct),
+            [queries.texts[r] for r in rows], gallery.image_paths, torch.stack(ranked), torch.stack(correct),
             out_dir / f"ranked_test_{name}.png", title=f"{name}: reference (blue), modification and top-{k} (green = the annotated target)",
             query_images=[gallery.image_paths[split.queries[r].reference] for r in rows],
         )

@@ -8,16 +8,13 @@ import json
 import pytest
 import torch
 
-from mmembed.data.cir_datamodule import (
-    CaptionDataModule,
-    CIRDataModule,
-    TripletDataModule,
-    read_captions,
-)
+from mmembed.data.cir_datamodule import CIRDataModule, read_captions
 from mmembed.data.errors import DatasetFormatError
 from mmembed.data.synthetic.cir import EDIT_TEMPLATES
+from mmembed.methods.lincir.data import CaptionDataModule
+from mmembed.methods.rtd.data import TripletDataModule
 from mmembed.methods.rtd.triplets import TextTriplet, save_triplets
-from mmembed.nn.encoders.open_clip import PSEUDO_TOKEN_ID
+from mmembed.types import PSEUDO_TOKEN_ID
 
 
 @pytest.fixture

@@ -13,15 +13,13 @@ import torch
 from PIL import Image
 
 from mmembed.data.cir import read_circo, read_cirr, read_fashioniq, read_genecis
-from mmembed.data.cir_datamodule import (
-    CaptionDataModule,
-    CIRDataModule,
-    TripletDataModule,
-)
+from mmembed.data.cir_datamodule import CIRDataModule
 from mmembed.eval.cir import cir_metrics, composed_scores, encode_images
+from mmembed.methods.lincir.data import CaptionDataModule
 from mmembed.methods.lincir.module import LinCIR
-from mmembed.methods.lincir.phi import Phi
+from mmembed.methods.rtd.data import TripletDataModule
 from mmembed.methods.rtd.module import RTD
+from mmembed.nn.phi import Phi
 
 
 @pytest.fixture

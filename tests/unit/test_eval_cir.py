@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from mmembed.data.cir import CIRQuery, CIRSplit, read_cirr
 from mmembed.eval.cir import cir_metrics, composed_scores, encode_images
-from mmembed.methods.lincir.phi import Phi
+from mmembed.nn.phi import Phi
 
 
 @pytest.fixture

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from mmembed.methods.lincir.keywords import mask_keywords
-from mmembed.methods.lincir.phi import Phi, lincir_loss, noise_std, noisy_embeddings
+from mmembed.methods.lincir.objective import lincir_loss
+from mmembed.nn.phi import Phi, noise_std, noisy_embeddings
 
 
 def test_phi_shapes_eval_determinism_and_checkpoint_roundtrip(tmp_path):

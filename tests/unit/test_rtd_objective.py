@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from mmembed.losses import nt_xent_union
-from mmembed.methods.lincir.phi import Phi
 from mmembed.methods.rtd.objective import rtd_loss
 from mmembed.methods.rtd.triplets import TextTriplet
+from mmembed.nn.phi import Phi
 
 TRIPLETS = [TextTriplet("a red car", "make it blue", "a blue car"),
             TextTriplet("a small dog", "make it large", "a large dog"),

@@ -3,7 +3,7 @@
 One step: the caption's embedding ``e`` (frozen text tower), noisy input ``e + sigma * u * eps``,
 ``s = phi(.)``, the keyword-masked caption encoded with ``s`` in every ``$`` slot, and the MSE to
 ``e``. Only phi learns. After ``fit`` phi is written on its own as ``phi.pt`` in the run folder
-(:meth:`~mmembed.methods.lincir.phi.Phi.load` reads it, and RTD takes it as ``phi_checkpoint``).
+(:meth:`~mmembed.nn.phi.Phi.load` reads it, and RTD takes it as ``phi_checkpoint``).
 
 References:
     Gu et al., "Language-only Training of Zero-shot Composed Image Retrieval" (LinCIR), CVPR 2024,
@@ -20,14 +20,15 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from mmembed.lit.cir_module import ComposedRetrievalModule
-from mmembed.methods.lincir.phi import Phi, lincir_loss, noise_std, noisy_embeddings
+from mmembed.methods.lincir.objective import lincir_loss
+from mmembed.nn.phi import Phi, noise_std, noisy_embeddings
 
 __all__ = ["LinCIR"]
 
 
 class LinCIR(ComposedRetrievalModule):
     """LinCIR's self-masking projection, trained on captions only (data:
-    :class:`~mmembed.data.cir_datamodule.CaptionDataModule`).
+    :class:`~mmembed.methods.lincir.data.CaptionDataModule`).
 
     Args:
         encoder: :class:`~mmembed.nn.encoders.open_clip.OpenCLIPDualEncoder` (frozen).
@@ -36,7 +37,7 @@ class LinCIR(ComposedRetrievalModule):
         phi_dropout: Dropout in phi (LinCIR: 0.5).
         noise_scale: Input noise sigma (LinCIR: 1.0, absolute for CLIP ViT-L/14).
         noise_relative: Read ``noise_scale`` relative to the caption embeddings' mean norm
-            (:func:`~mmembed.methods.lincir.phi.noise_std`); for encoders far from CLIP-L's scale.
+            (:func:`~mmembed.nn.phi.noise_std`); for encoders far from CLIP-L's scale.
         optimizer, lr_scheduler, lr_scheduler_interval, no_decay_1d, plot_queries, plot_top_k:
             See :class:`~mmembed.lit.cir_module.ComposedRetrievalModule` (LinCIR: AdamW, lr 1e-4,
             weight decay 0.01 on every parameter, constant learning rate).

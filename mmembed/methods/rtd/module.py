@@ -21,14 +21,13 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
+from mmembed.data.cir import PROMPT
 from mmembed.lit.cir_module import ComposedRetrievalModule
-from mmembed.methods.lincir.phi import Phi
 from mmembed.methods.rtd.objective import rtd_loss
 from mmembed.methods.rtd.triplets import TextTriplet
+from mmembed.nn.phi import Phi
 
 __all__ = ["RTD", "text_copy"]
-
-PROMPT = "a photo of $ that {}"
 
 
 def text_copy(encoder: nn.Module) -> nn.Module:
@@ -46,7 +45,7 @@ def text_copy(encoder: nn.Module) -> nn.Module:
 
 
 class RTD(ComposedRetrievalModule):
-    """RTD on a projection method's phi (data: :class:`~mmembed.data.cir_datamodule.TripletDataModule`).
+    """RTD on a projection method's phi (data: :class:`~mmembed.methods.rtd.data.TripletDataModule`).
 
     Args:
         encoder: :class:`~mmembed.nn.encoders.open_clip.OpenCLIPDualEncoder`: frozen image tower and

@@ -18,11 +18,11 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from mmembed.eval.cir import PROMPT
+from mmembed.data.cir import PROMPT
 from mmembed.losses.contrastive import nt_xent_union
-from mmembed.methods.lincir.phi import noise_std, noisy_embeddings
 from mmembed.methods.rtd.prompts import rtd_pairs
 from mmembed.methods.rtd.triplets import TextTriplet
+from mmembed.nn.phi import noise_std, noisy_embeddings
 
 __all__ = ["rtd_loss"]
 
@@ -52,7 +52,7 @@ def rtd_loss(
         template: The composed-query prompt.
         generator: Optional generator for the noise.
         noise_relative: Read ``noise_scale`` relative to the reference embeddings' mean norm
-            (:func:`~mmembed.methods.lincir.phi.noise_std`); RTD's 0.5 is absolute.
+            (:func:`~mmembed.nn.phi.noise_std`); RTD's 0.5 is absolute.
 
     Returns:
         Scalar loss; gradients reach only ``query_encoder``.

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from mmembed.eval.cir import PROMPT, composed_prompt, fashioniq_prompts
+from mmembed.data.cir import PROMPT, composed_prompt, fashioniq_prompts
 from mmembed.methods.rtd.triplets import TextTriplet
 
 __all__ = ["PROMPT", "REFERENCE_ONLY", "composed_prompt", "fashioniq_prompts", "rtd_pairs"]

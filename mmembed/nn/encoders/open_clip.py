@@ -14,10 +14,13 @@ import torch
 from torch import Tensor, nn
 
 from mmembed.nn.encoders.checkpoints import load_state_dict_file, resize_pos_embed
-from mmembed.nn.encoders.transforms import OPENAI_MEAN, OPENAI_STD, TrainAugment, build_image_transforms
-from mmembed.types import EmbeddingOutput, Processor
-
-PSEUDO_TOKEN_ID = 259  # CLIP BPE id of a stand-alone "$" ("$</w>"), the pseudo-word slot of composed queries
+from mmembed.nn.encoders.transforms import (
+    OPENAI_MEAN,
+    OPENAI_STD,
+    TrainAugment,
+    build_image_transforms,
+)
+from mmembed.types import PSEUDO_TOKEN_ID, EmbeddingOutput, Processor
 
 
 def _run_block(block: nn.Module, x: Tensor, attn_mask: Tensor | None, need_weights: bool) -> tuple[Tensor, Tensor | None]:

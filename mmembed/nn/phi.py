@@ -1,5 +1,7 @@
 """The projection phi of projection-based zero-shot CIR: an embedding in, one pseudo-word token out.
 
+Shared by the projection methods (LinCIR trains it) and by what builds on them (RTD loads it).
+
 LinCIR trains phi on *text* embeddings only: the caption embedding ``e`` plus scaled Gaussian
 noise goes in, and the caption with its keywords replaced by phi's token must encode back to
 ``e`` (MSE). At test time phi takes the *image* embedding; the noise is what bridges the
@@ -19,7 +21,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Phi", "lincir_loss", "noise_std", "noisy_embeddings"]
+__all__ = ["Phi", "noise_std", "noisy_embeddings"]
 
 
 class Phi(nn.Module):
@@ -121,13 +123,3 @@ def noisy_embeddings(embeddings: Tensor, scale: float = 1.0, generator: torch.Ge
     u = torch.rand(embeddings.shape[0], 1, generator=generator, device=embeddings.device, dtype=embeddings.dtype)
     eps = torch.randn(embeddings.shape, generator=generator, device=embeddings.device, dtype=embeddings.dtype)
     return embeddings + scale * u * eps
-
-
-def lincir_loss(predicted: Tensor, target: Tensor) -> Tensor:
-    """Mean squared error between the masked caption's embedding (with phi's token) and the
-    caption's own embedding (a constant target).
-
-    Shapes:
-        predicted (B, D), target (B, D) -> ().
-    """
-    return torch.nn.functional.mse_loss(predicted.float(), target.detach().float())
