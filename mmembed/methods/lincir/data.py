@@ -43,13 +43,13 @@ class CaptionDataModule(CIRDataModule):
     """LinCIR's language-only training data (captions, keyword-masked) plus CIR evaluation.
 
     Args:
-        captions: Caption files (see :func:`read_captions`).
+        captions: Caption files (see :func:`~mmembed.data.cir_datamodule.read_captions`).
         text_col: Key / column of the caption.
         exclude_held_out: Skip SynthCIR's held-out combinations.
         tagger: Keyword tagger, ``rules`` (default, no model) or ``spacy`` (if installed).
         seed: Seed of the random-word fallback (per caption, so workers agree).
         benchmark, root, val_subset, test_subset, categories, image_root, prompt, batch_size,
-        eval_batch_size, num_workers, pin_memory, processor: See :class:`CIRDataModule`.
+        eval_batch_size, num_workers, pin_memory, processor: See :class:`~mmembed.data.cir_datamodule.CIRDataModule`.
 
     Shapes:
         train batch: text (B, L), masked (B, L), index (B,).

@@ -62,7 +62,7 @@ class TripletDataModule(CIRDataModule):
 
     Args:
         triplets: Triplet files (comma-separated), or None.
-        captions: Caption files for rule-based triplets (see :func:`read_captions`), or None.
+        captions: Caption files for rule-based triplets (see :func:`~mmembed.data.cir_datamodule.read_captions`), or None.
         text_col: Key / column of the caption.
         exclude_held_out: Skip SynthCIR's held-out combinations as references *and* as targets.
         vocabulary: Rule vocabulary: None (generic), ``synth_cir``, or a JSON file
@@ -70,7 +70,7 @@ class TripletDataModule(CIRDataModule):
         per_caption: Rule triplets drawn per caption.
         seed: Seed of the rule draws.
         benchmark, root, val_subset, test_subset, categories, image_root, prompt, batch_size,
-        eval_batch_size, num_workers, pin_memory, processor: See :class:`CIRDataModule`.
+        eval_batch_size, num_workers, pin_memory, processor: See :class:`~mmembed.data.cir_datamodule.CIRDataModule`.
 
     Shapes:
         train batch: reference, conditioning, target (lists of B strings), index (B,).
