@@ -100,8 +100,8 @@ class ComposedRetrievalModule(EmbeddingModule):
             state["gallery"].append((batch["index"], raw))
             return
         state["dataset"] = dataset
-        gallery = self._gallery(state)
-        reference = gallery[batch["reference"].long()]  # (B, D) raw reference embeddings
+        needed = batch["reference"].long().to(self.device)
+        reference = self._gallery(state, needed)[needed]  # (B, D) raw reference embeddings
         tokens = self.phi(reference.to(self.dtype))
         encoder = self.query_text_encoder()
         q = F.normalize(encoder.encode_text(batch["text"], pseudo_tokens=tokens).embedding.float(), dim=-1)
@@ -110,24 +110,28 @@ class ComposedRetrievalModule(EmbeddingModule):
             q = F.normalize(q + q2, dim=-1)
         state["queries"].append((batch["index"], q))
 
-    def _gallery(self, state: dict[str, Any]) -> Tensor:
-        """Every gallery embedding of a query set, gathered once; images outside a partial run
-        (``limit_val_batches``) are encoded from the dataset on demand. Shapes: -> (G, D)."""
+    def _gallery(self, state: dict[str, Any], needed: Tensor) -> Tensor:
+        """The query set's gallery embeddings, gathered once. In a partial run (``limit_val_batches``)
+        the references a query batch ``needed`` that the run did not encode are encoded from the
+        dataset on demand. Shapes: needed (B,) -> (G, D)."""
         if state["G"] is None:
             from mmembed.distributed import gather_for_eval
 
-            dataset, parts = state["dataset"].gallery, state["gallery"]
-            full = torch.zeros(len(dataset), self.encoder.embed_dim, device=self.device)
-            index = torch.zeros(0, dtype=torch.long)
+            parts = state["gallery"]
+            full = torch.zeros(len(state["dataset"].gallery), self.encoder.embed_dim, device=self.device)
+            have = torch.zeros(full.shape[0], dtype=torch.bool, device=self.device)
             if parts:
                 index, emb = gather_for_eval(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
-                full[index] = emb
-            missing = sorted(set(range(len(dataset))) - set(index.tolist()))
-            if missing:
-                images = torch.stack([dataset[i]["image"] for i in missing]).to(self.device)
-                full[missing] = self.encoder.encode_image(images).embedding.float()
-            state["G"], state["complete"] = full, not missing
-        return state["G"]
+                full[index], have[index] = emb, True
+            state["G"], state["have"], state["complete"] = full, have, bool(have.all())
+        full, have = state["G"], state["have"]
+        missing = needed[~have[needed]].unique().tolist()
+        if missing:
+            dataset = state["dataset"].gallery
+            images = torch.stack([dataset[i]["image"] for i in missing]).to(self.device)
+            full[missing] = self.encoder.encode_image(images).embedding.float()
+            have[missing] = True
+        return full
 
     def _cir_epoch_end(self, stage: str) -> None:
         from mmembed.distributed import gather_for_eval

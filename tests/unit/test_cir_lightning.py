@@ -246,3 +246,26 @@ def test_evaluation_only_datamodule_refuses_to_train(tiny_encoder):
         data.train_dataloader()
     with pytest.raises(ValueError, match="root"):
         CIRDataModule(processor=tiny_encoder().processor).val_dataloader()
+
+
+def test_a_partial_run_encodes_missing_references_and_reports_nothing(world, tiny_encoder):
+    encoder = tiny_encoder()
+    data = CIRDataModule(root=str(world), eval_batch_size=20, processor=encoder.processor)
+    module = LinCIR(encoder)
+    seen: list[int] = []
+    original = module._cir_step
+
+    def spy(batch, dataloader_idx):
+        seen.append(dataloader_idx)
+        original(batch, dataloader_idx)
+
+    module._cir_step = spy
+    sizes: list[int] = []
+    encode = module.encoder.encode_image
+    module.encoder.encode_image = lambda images, **kw: sizes.append(images.shape[0]) or encode(images, **kw)
+    result = _trainer(limit_val_batches=1).validate(module, data, verbose=False)
+    assert seen == [0, 1]  # one gallery batch (20 of 360 images), then one query batch
+    split = read_cirr(world, "val")
+    outside = {q.reference for q in split.queries[:20]} - set(range(20))  # references of the one query batch
+    assert sizes == [20, len(outside)] and outside  # the gallery batch, then only the missing references
+    assert not any(k.startswith("val/cirr") for k in result[0])  # a partial gallery gives no benchmark numbers
