@@ -17,6 +17,7 @@ per-module modes instead of calling ``train()``), so phi's dropout never turns o
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Literal
 
 import torch
@@ -59,6 +60,9 @@ class ComposedRetrievalModule(EmbeddingModule):
         super().__init__(encoder, None, optimizer, lr_scheduler, lr_scheduler_interval, no_decay_1d,
                          plot_queries=plot_queries, plot_top_k=plot_top_k, export_encoder=False)
         self.encoder.requires_grad_(False)
+        if getattr(encoder, "pretrained", "") is None:
+            warnings.warn(f"{type(self).__name__}: the frozen CLIP has no pretrained weights (random init); set "
+                          "model.init_args.encoder.init_args.pretrained to a local open_clip checkpoint", stacklevel=2)
         self._sets: dict[str, dict[str, Any]] = {}
 
     # ------------------------------------------------------------------ hooks

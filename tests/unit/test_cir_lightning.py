@@ -269,3 +269,18 @@ def test_a_partial_run_encodes_missing_references_and_reports_nothing(world, tin
     outside = {q.reference for q in split.queries[:20]} - set(range(20))  # references of the one query batch
     assert sizes == [20, len(outside)] and outside  # the gallery batch, then only the missing references
     assert not any(k.startswith("val/cirr") for k in result[0])  # a partial gallery gives no benchmark numbers
+
+
+def test_a_randomly_initialised_clip_is_flagged(tiny_encoder, tmp_path):
+    with pytest.warns(UserWarning, match="no pretrained weights"):
+        LinCIR(tiny_encoder())
+    encoder = tiny_encoder()
+    torch.save(encoder.model.state_dict(), tmp_path / "clip.pt")
+    from mmembed.nn.encoders.open_clip import OpenCLIPDualEncoder
+
+    loaded = OpenCLIPDualEncoder(model_config=encoder.config, pretrained=str(tmp_path / "clip.pt"))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        LinCIR(loaded)

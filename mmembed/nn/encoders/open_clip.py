@@ -117,6 +117,7 @@ class OpenCLIPDualEncoder(nn.Module):
         self.context_length = int(cfg["text_cfg"].get("context_length", 77))
         self.export_vocab: int | None = None  # set by add_mask_token: token rows kept on export
         self.image_mean, self.image_std, self.train_augment = image_mean, image_std, train_augment
+        self.pretrained = pretrained  # the local weights file, or None (random init)
         if pretrained is not None:
             self.load_pretrained(pretrained, pretrained_grid=pretrained_grid, strict=strict)
 
