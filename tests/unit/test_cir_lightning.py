@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 
 import lightning.pytorch as pl
 import pytest
@@ -19,6 +20,7 @@ from mmembed.methods.lincir.data import CaptionDataModule
 from mmembed.methods.lincir.module import LinCIR
 from mmembed.methods.rtd.data import TripletDataModule
 from mmembed.methods.rtd.module import RTD
+from mmembed.nn.encoders.open_clip import OpenCLIPDualEncoder
 from mmembed.nn.phi import Phi
 
 
@@ -276,11 +278,7 @@ def test_a_randomly_initialised_clip_is_flagged(tiny_encoder, tmp_path):
         LinCIR(tiny_encoder())
     encoder = tiny_encoder()
     torch.save(encoder.model.state_dict(), tmp_path / "clip.pt")
-    from mmembed.nn.encoders.open_clip import OpenCLIPDualEncoder
-
     loaded = OpenCLIPDualEncoder(model_config=encoder.config, pretrained=str(tmp_path / "clip.pt"))
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         LinCIR(loaded)
