@@ -35,7 +35,7 @@ from mmembed.data.cir import (
 from mmembed.data.errors import DatasetFormatError
 from mmembed.types import Processor
 
-__all__ = ["CIRDataModule", "CIRGallery", "CIRQueries", "read_captions"]
+__all__ = ["CIRDataModule", "CIRGallery", "CIRQueries", "read_caption_records", "read_captions"]
 
 Benchmark = Literal["cirr", "fashioniq", "circo", "genecis"]
 
@@ -172,22 +172,22 @@ class CIRDataModule(RetrievalDataModule):
 
 
 # ---------------------------------------------------------------------------- captions (LinCIR)
-def read_captions(spec: str, text_col: str = "caption", exclude_held_out: bool = True) -> list[str]:
-    """Captions from comma-separated files.
+def read_caption_records(spec: str, text_col: str = "caption") -> list[tuple[str, bool]]:
+    """Captions from comma-separated files, each with its ``held_out`` flag.
 
     Formats: ``.txt`` (one caption per line); ``.json`` (a list of strings, a list of objects with
     ``text_col``, or SynthCIR's ``synth_captions.json`` mapping image -> ``{caption, held_out}``);
-    ``.jsonl`` (objects with ``text_col``); ``.csv`` / ``.tsv`` (a header with ``text_col``).
+    ``.jsonl`` (objects with ``text_col``); ``.csv`` / ``.tsv`` (a header with ``text_col``). Only
+    SynthCIR entries carry ``held_out`` (its test-only combinations); every other caption is False.
 
     Args:
         spec: Comma-separated files.
         text_col: Key / column of the caption.
-        exclude_held_out: Skip SynthCIR entries marked ``held_out`` (test-only combinations).
 
     Returns:
-        Non-empty, stripped captions in file order.
+        ``(caption, held_out)`` of every non-empty, stripped caption, in file order.
     """
-    out: list[str] = []
+    out: list[tuple[str, bool]] = []
     for part in (p.strip() for p in spec.split(",") if p.strip()):
         path = Path(part)
         if not path.is_file():
@@ -196,10 +196,7 @@ def read_captions(spec: str, text_col: str = "caption", exclude_held_out: bool =
             rows: list[Any] = path.read_text(encoding="utf-8").splitlines()
         elif path.suffix == ".json":
             data = json.loads(path.read_text(encoding="utf-8"))
-            if isinstance(data, dict):  # SynthCIR: name -> {caption, held_out}
-                rows = [v for v in data.values() if not (exclude_held_out and isinstance(v, dict) and v.get("held_out"))]
-            else:
-                rows = list(data)
+            rows = list(data.values()) if isinstance(data, dict) else list(data)  # SynthCIR: name -> {caption, held_out}
         elif path.suffix == ".jsonl":
             with open(path, encoding="utf-8") as f:
                 rows = [json.loads(line) for line in f if line.strip()]
@@ -213,7 +210,24 @@ def read_captions(spec: str, text_col: str = "caption", exclude_held_out: bool =
             if not isinstance(text, str):
                 raise DatasetFormatError(f"{path}: entry {i} has no string {text_col!r} (set data.init_args.text_col)")
             if text.strip():
-                out.append(text.strip())
+                out.append((text.strip(), isinstance(row, dict) and bool(row.get("held_out"))))
     if not out:
         raise DatasetFormatError(f"no captions in {spec}")
     return out
+
+
+def read_captions(spec: str, text_col: str = "caption", exclude_held_out: bool = True) -> list[str]:
+    """Captions from comma-separated files (formats: :func:`read_caption_records`).
+
+    Args:
+        spec: Comma-separated files.
+        text_col: Key / column of the caption.
+        exclude_held_out: Skip SynthCIR entries marked ``held_out`` (test-only combinations).
+
+    Returns:
+        Non-empty, stripped captions in file order.
+    """
+    captions = [text for text, held in read_caption_records(spec, text_col) if not (exclude_held_out and held)]
+    if not captions:
+        raise DatasetFormatError(f"no captions in {spec} outside the held-out ones")
+    return captions

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from mmembed.data.cir_datamodule import CIRDataModule, read_captions
+from mmembed.data.cir_datamodule import CIRDataModule, read_caption_records, read_captions
 from mmembed.data.errors import DatasetFormatError
 from mmembed.data.synthetic.cir import EDIT_TEMPLATES
 from mmembed.methods.lincir.data import CaptionDataModule
@@ -34,6 +34,9 @@ def test_read_captions_in_every_format(tmp_path, world):
     seen = [v["caption"] for v in synth.values() if not v["held_out"]]
     assert read_captions(str(world / "synth_captions.json")) == seen
     assert len(read_captions(str(world / "synth_captions.json"), exclude_held_out=False)) == len(synth) > len(seen)
+    records = read_caption_records(f"{world / 'synth_captions.json'},{tmp_path / 'a.txt'}")
+    assert records[-2:] == [("a red car", False), ("a dog on grass", False)]
+    assert [c for c, held in records if held] == [v["caption"] for v in synth.values() if v["held_out"]]
     with pytest.raises(FileNotFoundError, match="missing.txt"):
         read_captions(str(tmp_path / "missing.txt"))
     with pytest.raises(DatasetFormatError, match="text_col"):

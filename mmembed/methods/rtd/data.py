@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from mmembed.data.cir import PROMPT
-from mmembed.data.cir_datamodule import Benchmark, CIRDataModule, read_captions
+from mmembed.data.cir_datamodule import Benchmark, CIRDataModule, read_caption_records
 from mmembed.data.errors import DatasetFormatError
 from mmembed.methods.rtd.triplets import (
     TextTriplet,
@@ -62,7 +62,7 @@ class TripletDataModule(CIRDataModule):
 
     Args:
         triplets: Triplet files (comma-separated), or None.
-        captions: Caption files for rule-based triplets (see :func:`~mmembed.data.cir_datamodule.read_captions`), or None.
+        captions: Caption files for rule-based triplets (see :func:`~mmembed.data.cir_datamodule.read_caption_records`), or None.
         text_col: Key / column of the caption.
         exclude_held_out: Skip SynthCIR's held-out combinations as references *and* as targets.
         vocabulary: Rule vocabulary: None (generic), ``synth_cir``, or a JSON file
@@ -112,24 +112,17 @@ class TripletDataModule(CIRDataModule):
         for part in (p.strip() for p in (self.triplet_files or "").split(",") if p.strip()):
             out += load_triplets(part)
         if self.caption_files is not None:
-            captions = read_captions(self.caption_files, self.text_col, self.exclude_held_out)
+            records = read_caption_records(self.caption_files, self.text_col)
+            exclude = self.exclude_held_out
+            captions = [text for text, held in records if not (exclude and held)]
             generated = rule_triplets(captions, _vocabulary(self.vocabulary), self.per_caption, self.seed)
-            if self.exclude_held_out:  # a swap must not land on a held-out combination either
-                held = {clean_caption(c) for c in self._held_out_captions()}
-                generated = [t for t in generated if t.target not in held]
+            if exclude:  # a swap must not land on a held-out combination either
+                held_out = {clean_caption(text) for text, held in records if held}
+                generated = [t for t in generated if t.target not in held_out]
             out += generated
         if not out:
             raise DatasetFormatError("no triplets: the files are empty or no caption has a vocabulary word")
         return out
-
-    def _held_out_captions(self) -> list[str]:
-        held: list[str] = []
-        for part in (p.strip() for p in (self.caption_files or "").split(",") if p.strip()):
-            if part.endswith(".json"):
-                data = json.loads(Path(part).read_text(encoding="utf-8"))
-                if isinstance(data, dict):
-                    held += [v["caption"] for v in data.values() if isinstance(v, dict) and v.get("held_out")]
-        return held
 
     def build_train_dataset(self) -> Dataset:
         return _Triplets(self.triplets())
