@@ -8,7 +8,11 @@ import json
 import pytest
 import torch
 
-from mmembed.data.cir_datamodule import CIRDataModule, read_caption_records, read_captions
+from mmembed.data.cir_datamodule import (
+    CIRDataModule,
+    read_caption_records,
+    read_captions,
+)
 from mmembed.data.errors import DatasetFormatError
 from mmembed.data.synthetic.cir import EDIT_TEMPLATES
 from mmembed.methods.lincir.data import CaptionDataModule
