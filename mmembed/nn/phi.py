@@ -63,12 +63,16 @@ class Phi(nn.Module):
     def forward(self, embeddings: Tensor) -> Tensor:
         return self.layers(embeddings)
 
+    def checkpoint(self, **metadata: Any) -> dict[str, Any]:
+        """phi's checkpoint: ``{"config", "state_dict", "metadata"}`` (CPU tensors), as :meth:`load` reads it."""
+        state = {k: v.detach().cpu() for k, v in self.state_dict().items()}
+        return {"config": self.config, "state_dict": state, "metadata": metadata}
+
     def save(self, path: str | Path, **metadata: Any) -> Path:
-        """Write ``{"config", "state_dict", "metadata"}`` to ``path`` (a phi checkpoint of its own)."""
+        """Write :meth:`checkpoint` to ``path`` (a phi checkpoint of its own)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu() for k, v in self.state_dict().items()}
-        torch.save({"config": self.config, "state_dict": state, "metadata": metadata}, path)
+        torch.save(self.checkpoint(**metadata), path)
         return path
 
     @classmethod

@@ -84,8 +84,7 @@ class LinCIR(ComposedRetrievalModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # phi on its own inside the Lightning checkpoint, so Phi.load reads a .ckpt as well
-        checkpoint["phi"] = {"config": self.phi.config, "metadata": self.phi_metadata(),
-                             "state_dict": {k: v.detach().cpu() for k, v in self.phi.state_dict().items()}}
+        checkpoint["phi"] = self.phi.checkpoint(**self.phi_metadata())
 
     def on_fit_end(self) -> None:
         out_dir = self.output_dir()  # a collective under DDP: every rank asks
