@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write SynthCIR: one object per image (shape, colour, size, position), composed queries that "
         "change one attribute, held-out target combinations and a held-out paraphrase per attribute for the test "
         "queries. Output: OUT/captions/cap.rc2.{train,val,test1}.json, OUT/image_splits/split.rc2.*.json, OUT/img/, "
-        "OUT/synth_captions.json, OUT/synth_meta.json. OUT must not exist or be empty.",
+        "OUT/synth_captions.json, OUT/synth_meta.json, OUT/clip_{train,test}.jsonl (CLIP pretraining lists). "
+        "OUT must not exist or be empty.",
         epilog="example: mmembed-data synth-cir --out data/SynthCIR --seed 0")
     c.add_argument("--out", required=True, type=Path, metavar="DIR", help="dataset folder to create (must not exist or be empty)")
     c.add_argument("--seed", required=True, type=_int_at_least(0), metavar="S", help="generation seed (>= 0)")
@@ -121,14 +122,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"{sizes['test']} test), {n_img} images, {n_img * args.captions_per_image} captions "
                   f"in {time.perf_counter() - start:.1f} s")
     if args.command == "synth-cir":
-        from mmembed.data.synthetic.cir import write_synth_cir
+        from mmembed.data.synthetic.cir import (
+            COLOURS,
+            POSITIONS,
+            SHAPES,
+            SIZES,
+            write_synth_cir,
+        )
 
         try:
             meta = write_synth_cir(args.out, args.seed, args.renders, args.holdout, args.queries_per_combo, args.size)
         except (FileExistsError, ValueError, OSError) as err:
             print(f"mmembed-data: error: {err}", file=sys.stderr)
             return 1
-        print(f"wrote SynthCIR to {args.out}: {120 * args.renders} images, {len(meta['held_out'])} held-out combinations")
+        combos = len(SHAPES) * len(COLOURS) * len(SIZES) * len(POSITIONS)
+        print(f"wrote SynthCIR to {args.out}: {combos * args.renders} images, {len(meta['held_out'])} held-out combinations")
     return 0
 
 
