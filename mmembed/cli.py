@@ -5,10 +5,9 @@ Usage::
     mmembed fit -c experiments/quickstart.yaml
     mmembed test -c runs/quickstart/version_0/config.yaml --ckpt_path runs/quickstart/version_0/checkpoints/best.ckpt
 
-Any :class:`~mmembed.lit.embedding_module.EmbeddingModule` subclass and any
-:class:`~mmembed.data.base.RetrievalDataModule` subclass can be named with
-``class_path``; there is no registry. Unknown keys fail while parsing, before
-any work starts.
+Any :class:`~mmembed.lit.module.TrainModule` subclass and any
+:class:`~mmembed.data.base.DataModule` subclass can be named with ``class_path``;
+there is no registry. Unknown keys fail while parsing, before any work starts.
 """
 
 from __future__ import annotations
@@ -18,22 +17,22 @@ from typing import Any
 
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
-from mmembed.data.base import RetrievalDataModule
-from mmembed.lit.embedding_module import EmbeddingModule
+from mmembed.data.base import DataModule
+from mmembed.lit.module import TrainModule
 
 
 _SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 
 def _processor_of(model: Any) -> Any:
-    return model.processor
+    return getattr(model, "processor", None)  # a module without one leaves the datamodule's own
 
 
 class MMEmbedCLI(LightningCLI):
     """LightningCLI in subclass mode with the model-to-datamodule processor link.
 
-    The model owns its image transforms and tokenizer; at instantiation they are
-    passed to ``data.init_args.processor``, so no config repeats them.
+    The model owns its image transforms, tokenizer and batch collation (its processor); at
+    instantiation it is passed to ``data.init_args.processor``, so no config repeats them.
     """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -76,7 +75,7 @@ def parse_config(args: ArgsType) -> Any:
     Returns:
         The parsed ``jsonargparse.Namespace``; raises ``SystemExit`` with the parser's message on errors.
     """
-    return _ParseOnlyCLI(EmbeddingModule, RetrievalDataModule, args=args, run=False, **_cli_kwargs()).config
+    return _ParseOnlyCLI(TrainModule, DataModule, args=args, run=False, **_cli_kwargs()).config
 
 
 def main(args: ArgsType = None, run: bool = True) -> MMEmbedCLI:
@@ -91,7 +90,7 @@ def main(args: ArgsType = None, run: bool = True) -> MMEmbedCLI:
     """
     # A deprecation inside Lightning's own code (torch >= 2.10 pytree API); nothing a user can act on.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-    return MMEmbedCLI(EmbeddingModule, RetrievalDataModule, args=args, run=run, **_cli_kwargs())
+    return MMEmbedCLI(TrainModule, DataModule, args=args, run=run, **_cli_kwargs())
 
 
 def console() -> int:

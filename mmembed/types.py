@@ -1,4 +1,4 @@
-"""Shared types: batch layouts, encoder outputs and the model-owned processor.
+"""Shared types: raw items, batch layouts, encoder outputs, named token ids and the model-owned processor.
 
 Shape letters used throughout mmembed:
 
@@ -6,23 +6,24 @@ Shape letters used throughout mmembed:
 * ``L`` tokens, ``D`` embedding width, ``V`` vocabulary, ``K`` top-k,
 * ``C, H, W`` image channels, height and width.
 
-Batches are plain dicts so that the default collate function works:
+Datasets yield raw items (plain dicts); the model's :class:`Processor` turns a list of items into a
+batch (:meth:`Processor.collate`): images are loaded and transformed, texts tokenised and padded
+in one call per batch, numbers become tensors and anything else stays a list. So
 
-* a training pair batch has ``image`` (B, C, H, W), ``text`` (B, L) token ids,
-  ``label`` (B,) identity and ``index`` (B,) position in the dataset;
-* a query batch has ``text``, ``label`` and ``index``;
-* a gallery batch has ``image``, ``label`` and ``index``.
+* a training pair item ``{"image": path or PIL image, "text": str, "label": int, "index": int}``
+  becomes ``image`` (B, C, H, W), ``text`` (B, L) token ids, ``label`` (B,) and ``index`` (B,);
+* a query item has ``text``, ``label`` and ``index``; a gallery item ``image``, ``label`` and ``index``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypedDict
 
+import torch
 from torch import Tensor
-
-PSEUDO_TOKEN_ID = 259  # CLIP BPE id of a stand-alone "$" ("$</w>"): the pseudo-word slot of composed queries
 
 
 class PairBatch(TypedDict):
@@ -76,18 +77,106 @@ class EmbeddingOutput:
     stages: list[Tensor] | None = None
 
 
+@dataclass(frozen=True)
+class SpecialTokens:
+    """The token ids a method may need, by name. Only the encoder that owns the tokenizer knows the
+    numbers (``encoder.special_tokens``); shared code never spells them.
+
+    Attributes:
+        pad: Padding id.
+        sot: Start-of-text id (None if the tokenizer has none).
+        eot: End-of-text id.
+        mask: Id written for a masked word (MLM, caption augmentation).
+        pseudo: Placeholder id of a pseudo-word token (composed retrieval), or None.
+        first_special: Ids at or above this are never words (special and added tokens).
+        vocab_size: Rows of the text token embedding (the MLM prediction targets).
+    """
+
+    pad: int
+    sot: int | None
+    eot: int
+    mask: int | None
+    pseudo: int | None
+    first_special: int
+    vocab_size: int
+
+    @property
+    def max_word_id(self) -> int:
+        """The largest id of a word (random replacements are drawn from ``[1, max_word_id]``)."""
+        return self.first_special - 1
+
+
+def load_image(source: Any) -> Any:
+    """A PIL RGB image from a path, a PIL image, or an object with ``load()`` (e.g. a shard member)."""
+    if isinstance(source, str | Path):
+        from PIL import Image
+
+        with Image.open(source) as img:
+            return img.convert("RGB")
+    if not hasattr(source, "convert") and hasattr(source, "load"):  # a reference, not a PIL image
+        source = source.load()
+    return source.convert("RGB") if getattr(source, "mode", "RGB") != "RGB" else source
+
+
 @dataclass
 class Processor:
     """Model-owned input processing, linked from the model into the datamodule.
+
+    Datasets yield raw items; :meth:`collate` makes the batch, so the model decides how images are
+    transformed and texts tokenised (one tokenizer call per batch, as HF processors work). A backend
+    with other needs (an HF VLM processor interleaving images and text) subclasses it and overrides
+    :meth:`collate`.
 
     Attributes:
         train_image_transform: PIL image -> (C, H, W) tensor, with augmentation.
         eval_image_transform: PIL image -> (C, H, W) tensor, deterministic.
         tokenizer: list of strings -> (n, L) LongTensor of token ids.
-        extras: Anything else a method needs on the data side (e.g. mask token id).
+        extras: Anything else a method needs on the data side.
+        image_keys: Item keys holding images (paths, PIL images or ``load()``-able references).
+        text_keys: Item keys holding strings to tokenise. Other strings stay lists of strings.
     """
 
     train_image_transform: Callable[[Any], Tensor]
     eval_image_transform: Callable[[Any], Tensor]
     tokenizer: Callable[[list[str]], Tensor]
     extras: dict[str, Any] | None = None
+    image_keys: tuple[str, ...] = ("image",)
+    text_keys: tuple[str, ...] = ("text", "text2", "masked")
+    special_tokens: SpecialTokens | None = field(default=None, repr=False)
+
+    def collate(self, items: Sequence[dict[str, Any]], train: bool = False) -> dict[str, Any]:
+        """Turn raw items into a batch.
+
+        Args:
+            items: Dicts with the same keys.
+            train: Use the training image transform (augmentation) instead of the eval one.
+
+        Returns:
+            The batch: images stacked (B, C, H, W), texts tokenised (B, L), numbers and tensors
+            stacked (B, ...), anything else as a list.
+        """
+        if not items:
+            raise ValueError("cannot collate an empty list of items")
+        transform = self.train_image_transform if train else self.eval_image_transform
+        batch: dict[str, Any] = {}
+        for key in items[0]:
+            values = [item[key] for item in items]
+            if key in self.image_keys:
+                batch[key] = torch.stack([v if isinstance(v, Tensor) else transform(load_image(v)) for v in values])
+            elif key in self.text_keys and isinstance(values[0], str):
+                batch[key] = self.tokenizer(values)  # (B, L)
+            elif isinstance(values[0], Tensor):
+                batch[key] = torch.stack(values)
+            elif isinstance(values[0], bool | int | float):
+                batch[key] = torch.tensor(values)
+            else:
+                batch[key] = values
+        return batch
+
+    def train_collate(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """:meth:`collate` with the training transform (picklable for DataLoader workers)."""
+        return self.collate(items, train=True)
+
+    def eval_collate(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """:meth:`collate` with the eval transform."""
+        return self.collate(items, train=False)

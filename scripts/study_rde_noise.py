@@ -10,11 +10,11 @@ statistics of clean / noisy training pairs and CCD overhead:
 * ``rde``: the full method (TAL + BGE+TSE + CCD).
 * ``rde_bge``: TAL + CCD on BGE alone (the paper's "BGE only" ablation; CCD divides by BGE's loss).
 * ``oracle``: BGE+TSE with TAL trained on the ground-truth clean pairs only.
-* ``irra``: the IRRA baseline (SDM + ID + cross-modal MLM, ``experiments/rde/irra_synth_pedes.yaml``).
+* ``irra``: the IRRA baseline (SDM + ID + cross-modal MLM, ``experiments/irra/synth_pedes.yaml``).
 
 The noise permutation stays fixed (``caption_noise.seed`` = 1, as in the reference); only
 ``seed_everything`` varies. The GMM preset follows the reference's rule: ``strict`` when the
-noise rate is above 0.4, else ``light``. The cosine schedule's ``total`` is set to ``--epochs``.
+noise rate is above 0.4, else ``light``. The cosine schedule's total follows ``--epochs`` (the trainer's budget).
 
 Examples:
     .venv/bin/python scripts/study_rde_noise.py --epochs 10 --runs bge_trl tal_no_ccd rde oracle
@@ -33,7 +33,7 @@ import numpy as np
 from mmembed.eval.runs import Job, latest_version, read_scalars, run_jobs
 
 CONFIG = "experiments/rde/synth_pedes.yaml"
-IRRA_CONFIG = "experiments/rde/irra_synth_pedes.yaml"  # same world, noise and starting encoder
+IRRA_CONFIG = "experiments/irra/synth_pedes.yaml"  # same world, noise and starting encoder
 RUNS = {
     "bge_trl": ["--model.init_args.use_tse=false", "--model.init_args.objective=trl",
                 "--model.init_args.use_ccd=false"],
@@ -108,7 +108,6 @@ def command(args: argparse.Namespace, rate: float, run: str, seed: int) -> list[
     return [sys.executable, "-m", "mmembed", "fit", *config_args(args, run),
            f"--seed_everything={seed}",
            f"--data.init_args.caption_noise.init_args.rate={rate}", *gmm,
-           f"--model.init_args.lr_scheduler.init_args.total={args.epochs}",
            f"--trainer.max_epochs={args.epochs}", "--trainer.check_val_every_n_epoch=1",
            "--trainer.enable_progress_bar=false", f"--trainer.logger.init_args.save_dir={save_dir}",
            *RUNS[run], *args.extra]

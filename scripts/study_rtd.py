@@ -5,7 +5,7 @@ For each seed, through the CLI (``experiments/rtd/*_synth.yaml``):
 1. a SynthCIR world (``mmembed-data synth-cir --seed S``: 20% of the 120 attribute combinations held out
    as test targets, one paraphrase per attribute held out for the test queries);
 2. a tiny CLIP trained on the seen combinations' renders and captions (``clip_synth.yaml``);
-3. LinCIR's phi on the seen captions only (``lincir_synth.yaml``);
+3. LinCIR's phi on the seen captions only (``experiments/lincir/synth_cir.yaml``);
 4. RTD on rule-based text triplets of the seen captions (``rtd_synth.yaml``).
 
 Then, on the held-out test queries (reference: a seen combination; target: a held-out one; text: the
@@ -82,7 +82,7 @@ def seed_jobs(out: Path, seed: int, extra: list[str]) -> Job:
         _cli("fit", "-c", "experiments/rtd/clip_synth.yaml", f"--seed_everything={seed}", *logger,
              "--trainer.logger.init_args.name=clip", f"--data.init_args.train={world}/clip_train.jsonl",
              f"--data.init_args.val={world}/clip_test.jsonl", f"--data.init_args.test={world}/clip_test.jsonl"),
-        _cli("fit", "-c", "experiments/rtd/lincir_synth.yaml", f"--seed_everything={seed}", *logger,
+        _cli("fit", "-c", "experiments/lincir/synth_cir.yaml", f"--seed_everything={seed}", *logger,
              "--trainer.logger.init_args.name=lincir", f"--model.init_args.encoder.init_args.pretrained={clip}",
              *data),
         _cli("fit", "-c", "experiments/rtd/rtd_synth.yaml", f"--seed_everything={seed}", *logger,

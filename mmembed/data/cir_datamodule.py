@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from torch.utils.data import DataLoader, Dataset
 
-from mmembed.data.base import RetrievalDataModule
+from mmembed.data.base import DataModule
 from mmembed.data.cir import (
     PROMPT,
     CIRSplit,
@@ -33,7 +33,6 @@ from mmembed.data.cir import (
     read_genecis,
 )
 from mmembed.data.errors import DatasetFormatError
-from mmembed.types import Processor
 
 __all__ = ["CIRDataModule", "CIRGallery", "CIRQueries", "read_caption_records", "read_captions"]
 
@@ -41,35 +40,32 @@ Benchmark = Literal["cirr", "fashioniq", "circo", "genecis"]
 
 
 class CIRGallery(Dataset):
-    """A query set's gallery images. Shapes: item image (3, H, W), index."""
+    """A query set's gallery images. Shapes: item image (a path; loaded at collate), index."""
 
-    def __init__(self, name: str, split: CIRSplit, processor: Processor) -> None:
-        self.name, self.split, self.transform = name, split, processor.eval_image_transform
+    def __init__(self, name: str, split: CIRSplit) -> None:
+        self.name, self.split = name, split
         self.image_paths = [str(p) for p in split.gallery_paths]
 
     def __len__(self) -> int:
         return len(self.image_paths)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        from PIL import Image
-
-        with Image.open(self.image_paths[i]) as img:
-            return {"image": self.transform(img.convert("RGB")), "index": i}
+        return {"image": self.image_paths[i], "index": i}
 
 
 class CIRQueries(Dataset):
-    """A query set's composed queries, tokenised; ``gallery`` is the set's :class:`CIRGallery`.
+    """A query set's composed queries (prompt strings); ``gallery`` is the set's :class:`CIRGallery`.
 
     FashionIQ queries carry both caption orders (``text`` and ``text2``); the others one prompt.
 
     Shapes:
-        item: text (L,) [and text2 (L,)], reference (gallery position), index.
+        item: text [and text2] (strings; tokenised at collate), reference (gallery position), index.
     """
 
-    def __init__(self, name: str, split: CIRSplit, protocol: Benchmark, processor: Processor,
-                 prompt: str = PROMPT, gallery: CIRGallery | None = None) -> None:
-        self.name, self.split, self.protocol, self.tokenizer = name, split, protocol, processor.tokenizer
-        self.gallery = gallery if gallery is not None else CIRGallery(name, split, processor)
+    def __init__(self, name: str, split: CIRSplit, protocol: Benchmark, prompt: str = PROMPT,
+                 gallery: CIRGallery | None = None) -> None:
+        self.name, self.split, self.protocol = name, split, protocol
+        self.gallery = gallery if gallery is not None else CIRGallery(name, split)
         if protocol == "fashioniq":
             self.prompts = [list(fashioniq_prompts(*q.texts, template=prompt)) for q in split.queries]
         else:
@@ -80,14 +76,14 @@ class CIRQueries(Dataset):
         return len(self.prompts)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        ids = self.tokenizer(self.prompts[i])  # (1 or 2, L)
-        item = {"text": ids[0], "reference": self.split.queries[i].reference, "index": i}
-        if len(ids) > 1:
-            item["text2"] = ids[1]
+        prompts = self.prompts[i]
+        item = {"text": prompts[0], "reference": self.split.queries[i].reference, "index": i}
+        if len(prompts) > 1:
+            item["text2"] = prompts[1]
         return item
 
 
-class CIRDataModule(RetrievalDataModule):
+class CIRDataModule(DataModule):
     """Zero-shot CIR evaluation on one benchmark (no training data: the methods' datamodules subclass it).
 
     Args:
@@ -99,8 +95,8 @@ class CIRDataModule(RetrievalDataModule):
         categories: FashionIQ categories, or GeneCIS task files (without ``.json``).
         image_root: GeneCIS only: the COCO val2017 image folder.
         prompt: Composed-query prompt (``$`` = pseudo word, ``{}`` = modification text).
-        batch_size, eval_batch_size, num_workers, pin_memory, processor: See
-            :class:`~mmembed.data.base.RetrievalDataModule`.
+        **kwargs: Loader options of :class:`~mmembed.data.base.DataModule` (``batch_size``,
+            ``eval_batch_size``, ``num_workers``, ``pin_memory``, ``processor``).
     """
 
     def __init__(
@@ -112,13 +108,9 @@ class CIRDataModule(RetrievalDataModule):
         categories: Sequence[str] = ("dress", "shirt", "toptee"),
         image_root: str | None = None,
         prompt: str = PROMPT,
-        batch_size: int = 64,
-        eval_batch_size: int = 256,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        processor: Processor | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(batch_size, eval_batch_size, num_workers, pin_memory, "val", "test", processor)
+        super().__init__(**kwargs)
         if benchmark not in ("cirr", "fashioniq", "circo", "genecis"):
             raise ValueError(f"benchmark must be cirr, fashioniq, circo or genecis, got {benchmark!r}")
         if "$" not in prompt or "{}" not in prompt:
@@ -149,12 +141,11 @@ class CIRDataModule(RetrievalDataModule):
         return self._query_sets[stage]
 
     def _cir_loaders(self, stage: Literal["val", "test"]) -> list[DataLoader]:
-        processor = self.require_processor()
         loaders = []
         for name, split in self.query_sets(stage):
-            gallery = CIRGallery(name, split, processor)
-            queries = CIRQueries(name, split, self.benchmark, processor, self.prompt, gallery)
-            loaders += [self._loader(gallery, train=False), self._loader(queries, train=False)]
+            gallery = CIRGallery(name, split)
+            queries = CIRQueries(name, split, self.benchmark, self.prompt, gallery)
+            loaders += [self.loader(gallery, train=False), self.loader(queries, train=False)]
         return loaders
 
     def build_train_dataset(self) -> Dataset:

@@ -25,7 +25,6 @@ from torch.utils.data import Dataset
 
 from mmembed.data.base import CaptionQueries, RetrievalDataModule, Split
 from mmembed.data.idx import FASHION_MNIST_ROOT, load_fashion_mnist
-from mmembed.types import Processor
 
 __all__ = ["SYNONYMS", "TRAIN_TEMPLATES", "ZEROSHOT_CLASSNAMES", "ZEROSHOT_TEMPLATES", "FashionMNISTDataModule",
            "make_captions"]
@@ -83,20 +82,16 @@ def make_captions(labels: np.ndarray, templates: tuple[str, ...], seed: int, sal
 class _FashionPairs(Dataset):
     """Training pairs (or, with ``with_text=False``, a gallery) over grey 28x28 images."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, captions: list[str] | None,
-                 processor: Processor, train: bool) -> None:
+    def __init__(self, images: np.ndarray, labels: np.ndarray, captions: list[str] | None) -> None:
         self.images, self.labels, self.captions = images, labels, captions
-        self.transform = processor.train_image_transform if train else processor.eval_image_transform
-        self.tokenizer = processor.tokenizer
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        item = {"image": self.transform(Image.fromarray(self.images[i]).convert("RGB")),
-                "label": int(self.labels[i]), "index": i}
+        item = {"image": Image.fromarray(self.images[i]).convert("RGB"), "label": int(self.labels[i]), "index": i}
         if self.captions is not None:
-            item["text"] = self.tokenizer([self.captions[i]])[0]
+            item["text"] = self.captions[i]
         return item
 
 
@@ -110,8 +105,9 @@ class FashionMNISTDataModule(RetrievalDataModule):
         max_train: Use only the first ``max_train`` training images (None: all); for quick runs.
         max_eval: Use only the first ``max_eval`` images of val / test (None: all).
         seed: Caption seed.
-        batch_size, eval_batch_size, num_workers, pin_memory, val_split, predict_split,
-        processor: See :class:`RetrievalDataModule`.
+        batch_size: Training batch size (Fashion-MNIST default 256).
+        eval_batch_size: Evaluation batch size (default 512).
+        **kwargs: Other loader and split options of :class:`~mmembed.data.base.RetrievalDataModule`.
 
     Shapes:
         train batch: image (B, 3, H, W), text (B, L), label (B,) class ids, index (B,).
@@ -126,13 +122,9 @@ class FashionMNISTDataModule(RetrievalDataModule):
         seed: int = 0,
         batch_size: int = 256,
         eval_batch_size: int = 512,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        val_split: Split = "val",
-        predict_split: Split = "test",
-        processor: Processor | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(batch_size, eval_batch_size, num_workers, pin_memory, val_split, predict_split, processor)
+        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, **kwargs)
         if not 0 <= val_size < 60000:
             raise ValueError(f"val_size must be in [0, 60000), got {val_size}")
         self.root, self.val_size, self.max_train, self.max_eval, self.seed = Path(root), val_size, max_train, max_eval, seed
@@ -164,11 +156,9 @@ class FashionMNISTDataModule(RetrievalDataModule):
 
     def build_train_dataset(self) -> Dataset:
         images, labels = self.split_arrays("train")
-        return _FashionPairs(images, labels, make_captions(labels, TRAIN_TEMPLATES, self.seed),
-                             self.require_processor(), train=True)
+        return _FashionPairs(images, labels, make_captions(labels, TRAIN_TEMPLATES, self.seed))
 
     def build_eval_datasets(self, split: Split) -> tuple[Dataset, Dataset]:
-        processor = self.require_processor()
         images, labels = self.split_arrays(split)
         queries = make_captions(labels, ZEROSHOT_TEMPLATES, self.seed, salt=1 if split == "val" else 2)
-        return CaptionQueries(queries, labels, processor), _FashionPairs(images, labels, None, processor, train=False)
+        return CaptionQueries(queries, labels.tolist()), _FashionPairs(images, labels, None)

@@ -28,7 +28,6 @@ from torch.utils.data import Dataset
 
 from mmembed.data.base import CaptionQueries, RetrievalDataModule, Split
 from mmembed.data.errors import DatasetFormatError, describe_offenders
-from mmembed.types import Processor
 
 __all__ = ["ImageRef", "ImageTextDataModule", "read_image_text"]
 
@@ -148,28 +147,26 @@ def read_image_text(
 
 
 class _Pairs(Dataset):
-    def __init__(self, samples: list[tuple[ImageRef, str]], labels: list[int], processor: Processor) -> None:
+    def __init__(self, samples: list[tuple[ImageRef, str]], labels: list[int]) -> None:
         self.samples, self.labels = samples, labels
-        self.transform, self.tokenizer = processor.train_image_transform, processor.tokenizer
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         ref, text = self.samples[i]
-        return {"image": self.transform(ref.load()), "text": self.tokenizer([text])[0],
-                "label": self.labels[i], "index": i}
+        return {"image": ref, "text": text, "label": self.labels[i], "index": i}
 
 
 class _Gallery(Dataset):
-    def __init__(self, refs: list[ImageRef], processor: Processor) -> None:
-        self.refs, self.labels, self.transform = refs, list(range(len(refs))), processor.eval_image_transform
+    def __init__(self, refs: list[ImageRef]) -> None:
+        self.refs, self.labels = refs, list(range(len(refs)))
 
     def __len__(self) -> int:
         return len(self.refs)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        return {"image": self.transform(self.refs[i].load()), "label": i, "index": i}
+        return {"image": self.refs[i], "label": i, "index": i}
 
 
 def _image_ids(samples: list[tuple[ImageRef, str]]) -> tuple[list[int], list[ImageRef]]:
@@ -189,8 +186,9 @@ class ImageTextDataModule(RetrievalDataModule):
         image_col, text_col: List columns of the image path and the caption.
         image_root: Folder that list image paths are relative to (default: each list's folder).
         text_ext: Caption member extension in shards.
-        batch_size, eval_batch_size, num_workers, pin_memory, val_split, predict_split,
-        processor: See :class:`RetrievalDataModule`.
+        batch_size: Training batch size (default 256).
+        eval_batch_size: Evaluation batch size (default 512).
+        **kwargs: Other loader and split options of :class:`~mmembed.data.base.RetrievalDataModule`.
 
     Shapes:
         train batch: image (B, 3, H, W), text (B, L), label (B,) distinct-image ids, index (B,).
@@ -207,13 +205,9 @@ class ImageTextDataModule(RetrievalDataModule):
         text_ext: str = "txt",
         batch_size: int = 256,
         eval_batch_size: int = 512,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        val_split: Split = "val",
-        predict_split: Split = "test",
-        processor: Processor | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(batch_size, eval_batch_size, num_workers, pin_memory, val_split, predict_split, processor)
+        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, **kwargs)
         self.files = {"train": train, "val": val, "test": test}
         self.read_args = {"image_col": image_col, "text_col": text_col, "image_root": image_root, "text_ext": text_ext}
         self._samples: dict[str, list[tuple[ImageRef, str]]] = {}
@@ -230,10 +224,9 @@ class ImageTextDataModule(RetrievalDataModule):
     def build_train_dataset(self) -> Dataset:
         samples = self.samples("train")
         labels, _ = _image_ids(samples)
-        return _Pairs(samples, labels, self.require_processor())
+        return _Pairs(samples, labels)
 
     def build_eval_datasets(self, split: Split) -> tuple[Dataset, Dataset]:
         samples = self.samples(split)
         labels, images = _image_ids(samples)
-        processor = self.require_processor()
-        return CaptionQueries([t for _, t in samples], labels, processor), _Gallery(images, processor)
+        return CaptionQueries([t for _, t in samples], labels), _Gallery(images)

@@ -22,7 +22,6 @@ from torch.utils.data import Dataset
 
 from mmembed.data.base import CaptionQueries, RetrievalDataModule, Split
 from mmembed.data.errors import DatasetFormatError, describe_offenders
-from mmembed.types import Processor
 
 Flavour = Literal["CUHK-PEDES", "ICFG-PEDES", "RSTPReid"]
 
@@ -113,13 +112,6 @@ def load_pedes_annotations(root: str | Path, flavour: Flavour = "CUHK-PEDES", ch
     return entries
 
 
-def _load_image(path: Path) -> Any:
-    from PIL import Image
-
-    with Image.open(path) as img:
-        return img.convert("RGB")
-
-
 #: Maps the number of training records to a caption index (record ``i`` gets caption ``idx[i]``).
 CaptionNoise = Callable[[int], Any]
 
@@ -129,7 +121,6 @@ class PedesPairs(Dataset):
 
     Args:
         entries: Training entries, in file order.
-        processor: Transforms and tokenizer.
         caption_noise: Optional callable ``n -> idx`` (a permutation of ``range(n)``); record
             ``i`` then gets the caption of record ``idx[i]`` (synthetic noisy correspondence).
             Pids and images never move.
@@ -140,7 +131,7 @@ class PedesPairs(Dataset):
             for logging only.
     """
 
-    def __init__(self, entries: list[PedesEntry], processor: Processor, caption_noise: CaptionNoise | None = None) -> None:
+    def __init__(self, entries: list[PedesEntry], caption_noise: CaptionNoise | None = None) -> None:
         pids = sorted({e.pid for e in entries})
         remap = {p: i for i, p in enumerate(pids)}
         self.image_paths = [e.image for e in entries for _ in e.captions]
@@ -155,32 +146,25 @@ class PedesPairs(Dataset):
             self.captions = [self.captions[j] for j in idx.tolist()]
             self.clean = idx == np.arange(n)
         self.num_identities = len(pids)
-        self.transform = processor.train_image_transform
-        self.tokenizer = processor.tokenizer
 
     def __len__(self) -> int:
         return len(self.captions)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        return {
-            "image": self.transform(_load_image(self.image_paths[i])),
-            "text": self.tokenizer([self.captions[i]])[0],
-            "label": self.labels[i],
-            "index": i,
-        }
+        return {"image": self.image_paths[i], "text": self.captions[i], "label": self.labels[i], "index": i}
 
 
 class ImageGallery(Dataset):
     """Evaluation gallery: every image once. Attribute ``image_paths`` keeps the files."""
 
-    def __init__(self, image_paths: list[Path], labels: list[int], processor: Processor) -> None:
-        self.image_paths, self.labels, self.transform = image_paths, labels, processor.eval_image_transform
+    def __init__(self, image_paths: list[Path], labels: list[int]) -> None:
+        self.image_paths, self.labels = image_paths, labels
 
     def __len__(self) -> int:
         return len(self.image_paths)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        return {"image": self.transform(_load_image(self.image_paths[i])), "label": self.labels[i], "index": i}
+        return {"image": self.image_paths[i], "label": self.labels[i], "index": i}
 
 
 class PedesDataModule(RetrievalDataModule):
@@ -191,24 +175,18 @@ class PedesDataModule(RetrievalDataModule):
         flavour: Which dataset layout to read.
         caption_noise: Optional noisy-correspondence generator for the training split only
             (e.g. ``mmembed.methods.rde.noise.CaptionShuffle``); val and test stay clean.
-        batch_size, eval_batch_size, num_workers, pin_memory, val_split, predict_split,
-        processor: See :class:`RetrievalDataModule`.
+        **kwargs: See :class:`~mmembed.data.base.RetrievalDataModule` (``batch_size``,
+            ``eval_batch_size``, ``num_workers``, ``pin_memory``, ``val_split``, ``predict_split``, ``processor``).
     """
 
     def __init__(
         self,
         root: str,
         flavour: Flavour = "CUHK-PEDES",
-        batch_size: int = 64,
-        eval_batch_size: int = 256,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        val_split: Split = "val",
-        predict_split: Split = "test",
-        processor: Processor | None = None,
         caption_noise: CaptionNoise | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(batch_size, eval_batch_size, num_workers, pin_memory, val_split, predict_split, processor)
+        super().__init__(**kwargs)
         self.root = Path(root)
         self.flavour = flavour
         self.caption_noise = caption_noise
@@ -230,14 +208,10 @@ class PedesDataModule(RetrievalDataModule):
         return chosen
 
     def build_train_dataset(self) -> PedesPairs:
-        return PedesPairs(self.split_entries("train"), self.require_processor(), self.caption_noise)
+        return PedesPairs(self.split_entries("train"), self.caption_noise)
 
     def build_eval_datasets(self, split: Split) -> tuple[CaptionQueries, ImageGallery]:
-        processor = self.require_processor()
         entries = self.split_entries(split)
         texts = [c for e in entries for c in e.captions]
         text_labels = [e.pid for e in entries for _ in e.captions]
-        return (
-            CaptionQueries(texts, text_labels, processor),
-            ImageGallery([e.image for e in entries], [e.pid for e in entries], processor),
-        )
+        return CaptionQueries(texts, text_labels), ImageGallery([e.image for e in entries], [e.pid for e in entries])

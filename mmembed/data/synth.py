@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mmembed.data.base import Split
+from typing import Any
+
 from mmembed.data.errors import DatasetFormatError
 from mmembed.data.reid import CaptionNoise, PedesDataModule
-from mmembed.types import Processor
 
 
 class SynthPedesDataModule(PedesDataModule):
@@ -29,9 +29,8 @@ class SynthPedesDataModule(PedesDataModule):
         image_height: Rendered image height in pixels.
         image_width: Rendered image width in pixels.
         workers: Processes used to render.
-        batch_size, eval_batch_size, num_workers, pin_memory, val_split,
-        predict_split, processor: See :class:`RetrievalDataModule`.
         caption_noise: Noisy-correspondence generator for the training split (see ``PedesDataModule``).
+        **kwargs: Loader and split options of :class:`~mmembed.data.base.RetrievalDataModule`.
     """
 
     def __init__(
@@ -44,19 +43,10 @@ class SynthPedesDataModule(PedesDataModule):
         image_height: int = 128,
         image_width: int = 64,
         workers: int = 2,
-        batch_size: int = 64,
-        eval_batch_size: int = 256,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        val_split: Split = "val",
-        predict_split: Split = "test",
-        processor: Processor | None = None,
         caption_noise: CaptionNoise | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            root, "CUHK-PEDES", batch_size, eval_batch_size, num_workers, pin_memory, val_split, predict_split,
-            processor, caption_noise,
-        )
+        super().__init__(root, "CUHK-PEDES", caption_noise, **kwargs)
         self.generation = {
             "num_ids": num_ids,
             "seed": seed,

@@ -12,7 +12,7 @@ query encoder.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -129,3 +129,107 @@ def cir_metrics(scores: Tensor, split: CIRSplit, protocol: Protocol = "cirr") ->
     if protocol == "fashioniq":  # the reference stays in the gallery: rank it like any other image
         return recall_at_k(scores, target, (10, 50))
     raise ValueError(f"protocol must be cirr, circo, fashioniq or genecis, got {protocol!r}")
+
+
+def cir_summaries(results: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Flat ``{set}_{metric}`` values plus each benchmark's summary numbers: the FashionIQ and
+    GeneCIS means over categories / tasks, ``fashioniq_avg`` = (R@10 + R@50) / 2 and
+    ``cirr_avg`` = (R@5 + R_s@1) / 2."""
+    out = {f"{name}_{metric}": value for name, metrics in results.items() for metric, value in metrics.items()}
+    for family in ("fashioniq", "genecis"):
+        sets = [m for name, m in results.items() if name.startswith(family + "_")]
+        for metric in sets[0] if sets else []:
+            out[f"{family}_{metric}"] = sum(m[metric] for m in sets) / len(sets)
+    if "fashioniq_r10" in out:
+        out["fashioniq_avg"] = (out["fashioniq_r10"] + out["fashioniq_r50"]) / 2
+    if "cirr" in results:
+        out["cirr_avg"] = (results["cirr"]["r5"] + results["cirr"]["subset_r1"]) / 2
+    return out
+
+
+class CIREvaluator:
+    """Composed image retrieval over one benchmark's query sets (the :class:`~mmembed.eval.base.Evaluator`
+    interface): every set has its own gallery, scored with the set's protocol.
+
+    ``update(name, side, index, embeddings)`` adds gallery embeddings (``side="gallery"``, raw) or
+    normalised composed queries (``side="query"``) of a registered set; :meth:`compute` gathers
+    across ranks, scores every complete set whose targets are known and returns
+    :func:`cir_summaries`. Sets with hidden targets are left to :meth:`scores` (submission files).
+
+    Shapes:
+        gallery (G, D) raw embeddings; queries (Q, D); scores (Q, G).
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.sets: dict[str, dict[str, Any]] = {}
+
+    def add_set(self, name: str, split: CIRSplit, protocol: Protocol, gallery_size: int) -> None:
+        """Register a query set (once; later calls are ignored)."""
+        if name not in self.sets:
+            self.sets[name] = {"split": split, "protocol": protocol, "size": gallery_size,
+                               "gallery": [], "queries": [], "G": None}
+
+    def update(self, name: str, side: Literal["gallery", "query"], index: Tensor, embeddings: Tensor) -> None:
+        if side not in ("gallery", "query"):
+            raise ValueError(f"side must be 'gallery' or 'query', got {side!r}")
+        self.sets[name][side if side == "gallery" else "queries"].append((index.detach().long(), embeddings.detach()))
+
+    def gallery(self, name: str, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
+        """The set's raw gallery embeddings, gathered once, and which rows were encoded (a partial
+        run encodes only some). Rows filled in later (:meth:`fill_gallery`) stay. Shapes: (G, D), (G,)."""
+        from mmembed.distributed import gather_for_eval
+
+        state = self.sets[name]
+        if state["G"] is None:
+            parts = state["gallery"]
+            dim = parts[0][1].shape[1] if parts else 0
+            full = torch.zeros(state["size"], dim, device=device)
+            have = torch.zeros(state["size"], dtype=torch.bool, device=device)
+            if parts:
+                index, emb = gather_for_eval(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
+                full[index], have[index] = emb.float(), True
+            state["G"], state["have"], state["complete"] = full, have, bool(have.all())
+        return state["G"], state["have"]
+
+    def fill_gallery(self, name: str, rows: list[int], embeddings: Tensor) -> None:
+        """Rows of the gallery encoded on demand (references a partial run needed). Shapes: (R, D)."""
+        full, have = self.gallery(name, embeddings.device)
+        if full.shape[1] == 0:
+            full = self.sets[name]["G"] = torch.zeros(full.shape[0], embeddings.shape[1], device=embeddings.device)
+        full[rows], have[rows] = embeddings.float(), True
+
+    def scores(self, name: str) -> Tensor | None:
+        """Cosine scores of the set's queries against its gallery, rows in query order; None for a
+        partial run (not every query and gallery image encoded). Shapes: (Q, G)."""
+        from mmembed.distributed import gather_for_eval
+
+        state = self.sets[name]
+        if not state["queries"]:
+            return None
+        index, q = gather_for_eval(torch.cat([p[0] for p in state["queries"]]),
+                                   torch.cat([p[1] for p in state["queries"]]))
+        full, _ = self.gallery(name, q.device)
+        if not state["complete"] or index.numel() != len(state["split"].queries):
+            return None
+        return q.float() @ F.normalize(full, dim=-1).T  # (Q, G)
+
+    def hidden(self, name: str) -> bool:
+        """Whether the set's targets are hidden (CIRR test1, CIRCO test)."""
+        return any(q.target is None and not q.ground_truth for q in self.sets[name]["split"].queries)
+
+    def per_set(self) -> dict[str, dict[str, float]]:
+        """Metrics of every complete set with known targets: ``{set: {metric: value}}``."""
+        results = {}
+        for name, state in self.sets.items():
+            if self.hidden(name):
+                continue
+            scores = self.scores(name)
+            if scores is not None:
+                results[name] = cir_metrics(scores, state["split"], state["protocol"])
+        return results
+
+    def compute(self) -> dict[str, float]:
+        return cir_summaries(self.per_set())

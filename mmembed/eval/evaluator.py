@@ -42,8 +42,8 @@ class RetrievalEvaluator:
         self.sizes: tuple[int, int] = (0, 0)  # (queries, gallery) of the last forward compute()
         self._collected: dict[tuple[str, bool], tuple[Tensor, Tensor, Tensor]] = {}  # gathered once per side
 
-    def add(self, side: str, embeddings: Tensor, labels: Tensor, indices: Tensor) -> None:
-        """Add a batch to ``"query"`` or ``"gallery"``.
+    def update(self, side: str, embeddings: Tensor, labels: Tensor, indices: Tensor) -> None:
+        """Add a batch to ``"query"`` or ``"gallery"`` (the :class:`~mmembed.eval.base.Evaluator` call).
 
         Shapes:
             embeddings: (B, D); labels: (B,); indices: (B,).
@@ -53,6 +53,8 @@ class RetrievalEvaluator:
         self._collected.clear()
         # kept on the model's device: NCCL gathers need device tensors
         self._parts[side].append((indices.detach().long(), embeddings.detach().float(), labels.detach()))
+
+    add = update  # the name used before the Evaluator interface
 
     def collected(self, side: str, gather: bool = True) -> tuple[Tensor, Tensor, Tensor]:
         """All ``(indices, embeddings, labels)`` of a side, gathered and sorted by index.
@@ -156,7 +158,7 @@ def evaluate_retrieval(
         for batch in loader:
             if device is not None:
                 batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
-            evaluator.add(side, encode(batch), batch["label"], batch["index"])
+            evaluator.update(side, encode(batch), batch["label"], batch["index"])
     out = evaluator.compute(gather=False)
     if both_directions:
         out.update({f"i2t_{k}": v for k, v in evaluator.compute(gather=False, reverse=True).items()})

@@ -4,9 +4,31 @@ from __future__ import annotations
 
 import textwrap
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from torch import Tensor
+
+
+@dataclass
+class RankedExamples:
+    """Queries with their ranked gallery items, ready to draw (:func:`plot_ranked_results`).
+
+    Shapes:
+        ranked: (Q, K) gallery positions; correct: (Q, K) bool.
+    """
+
+    query_texts: Sequence[str]
+    gallery_paths: Sequence[str | Path]
+    ranked: Tensor
+    correct: Tensor
+    title: str | None = None
+    query_images: Sequence[str | Path] | None = None
+
+    def plot(self, out_path: str | Path) -> Path:
+        """Draw into ``out_path``; returns the path."""
+        return plot_ranked_results(self.query_texts, self.gallery_paths, self.ranked, self.correct, out_path,
+                                   title=self.title, query_images=self.query_images)
 
 
 def plot_ranked_results(

@@ -1,7 +1,12 @@
-"""Small shared callbacks."""
+"""Shared callbacks: prediction writer, ranked-result pictures, artifact export, zero-shot classification.
+
+Each one works with any module that offers the hook it names (``ranked_examples``, ``export``),
+whatever the method.
+"""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -44,6 +49,47 @@ class EmbeddingWriter(BasePredictionWriter):
             print(f"embeddings written to {out}")
 
 
+class RankedResults(pl.Callback):
+    """After ``test``, draw ranked retrieval results: ``ranked_test.png`` (or ``ranked_test_<set>.png``
+    per query set) in the run folder, correct items framed in green.
+
+    The module supplies the rows through ``ranked_examples(stage, num_queries, top_k)`` (a list of
+    ``(name, RankedExamples)``); every rank calls it, since it may gather.
+
+    Args:
+        num_queries: Queries drawn per picture.
+        top_k: Gallery items per query.
+    """
+
+    def __init__(self, num_queries: int = 8, top_k: int = 10) -> None:
+        self.num_queries, self.top_k = num_queries, top_k
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        hook = getattr(pl_module, "ranked_examples", None)
+        if hook is None or self.num_queries <= 0:
+            return
+        examples = hook("test", self.num_queries, self.top_k)
+        out_dir = pl_module.output_dir() if hasattr(pl_module, "output_dir") else Path(trainer.log_dir or ".")
+        if not trainer.is_global_zero:
+            return
+        for name, rows in examples:
+            path = rows.plot(out_dir / (f"ranked_test_{name}.png" if name else "ranked_test.png"))
+            print(f"ranked results written to {path}")
+
+
+class ExportArtifacts(pl.Callback):
+    """After ``fit`` (not ``fast_dev_run``), rank zero calls ``pl_module.export(run_folder)`` under
+    the EMA weights when the module keeps them (:meth:`~mmembed.lit.module.TrainModule.ema_weights`)."""
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        out_dir = pl_module.output_dir()  # a collective under DDP: every rank asks
+        if trainer.fast_dev_run or not trainer.is_global_zero:
+            return
+        context = pl_module.ema_weights() if hasattr(pl_module, "ema_weights") else contextlib.nullcontext()
+        with context:
+            pl_module.export(out_dir)
+
+
 class ZeroShotClassification(pl.Callback):
     """Zero-shot top-k accuracy of the validation images after every validation epoch, and of
     the test images after ``test``.
@@ -81,10 +127,11 @@ class ZeroShotClassification(pl.Callback):
                              "datamodule's classnames / zeroshot_templates attributes)")
         _, gallery = datamodule.eval_datasets(split or datamodule.val_split)
         feats, labels = [], []
-        for batch in torch.utils.data.DataLoader(gallery, batch_size=self.batch_size):
-            feats.append(encoder.encode_image(batch["image"].to(device)).embedding.float())
+        collate = datamodule.require_processor().eval_collate
+        for batch in torch.utils.data.DataLoader(gallery, batch_size=self.batch_size, collate_fn=collate):
+            feats.append(encoder.encode({"image": batch["image"].to(device)}, "image").float())
             labels.append(torch.as_tensor(batch["label"]))
-        clf = zeroshot_classifier(lambda ids: encoder.encode_text(ids).embedding, encoder.tokenizer,
+        clf = zeroshot_classifier(lambda ids: encoder.encode({"text": ids}, "text"), encoder.processor.tokenizer,
                                   list(classnames), list(templates), device=device)
         return zeroshot_accuracy(torch.cat(feats), clf, torch.cat(labels).to(device), self.ks)
 

@@ -29,7 +29,9 @@ class WarmupCosineLR(LambdaLR):
     Args:
         optimizer: The optimizer (injected by Lightning/CLI).
         warmup: Warm-up length in scheduler steps (epochs for per-epoch stepping).
-        total: Total number of scheduler steps.
+        total: Total number of scheduler steps. None (the default): the module sets it from the
+            trainer's budget (``max_epochs``, or the optimizer steps of the run), so a config never
+            copies the budget by hand.
         warmup_start_factor: Multiplier at step 0.
         min_factor: Multiplier reached at ``total``.
     """
@@ -38,14 +40,28 @@ class WarmupCosineLR(LambdaLR):
         self,
         optimizer: Optimizer,
         warmup: int = 5,
-        total: int = 60,
+        total: int | None = None,
         warmup_start_factor: float = 0.1,
         min_factor: float = 0.0,
     ) -> None:
-        if total <= 0 or warmup < 0:
+        if (total is not None and total <= 0) or warmup < 0:
             raise ValueError(f"need total > 0 and warmup >= 0, got total={total}, warmup={warmup}")
         self.warmup, self.total = warmup, total
         self.warmup_start_factor, self.min_factor = warmup_start_factor, min_factor
-        super().__init__(
-            optimizer, lambda s: warmup_cosine_factor(s, warmup, total, warmup_start_factor, min_factor)
-        )
+        super().__init__(optimizer, lambda step: self.factor(step))
+
+    def factor(self, step: int) -> float:
+        """The learning-rate multiplier at ``step`` (warm-up only until ``total`` is known)."""
+        total = self.total if self.total is not None else max(self.warmup, step) + 1
+        return warmup_cosine_factor(step, self.warmup, total, self.warmup_start_factor, self.min_factor)
+
+    def set_total(self, total: int) -> None:
+        """Set the budget (called by :class:`~mmembed.lit.module.TrainModule` before training) and
+        re-apply the current step's learning rate."""
+        if total <= 0:
+            raise ValueError(f"total must be > 0, got {total}")
+        self.total = int(total)
+        values = [base * self.factor(self.last_epoch) for base in self.base_lrs]
+        for group, lr in zip(self.optimizer.param_groups, values, strict=True):
+            group["lr"] = lr
+        self._last_lr = values

@@ -7,6 +7,7 @@ from mmembed.losses.progressive import (
     progressive_targets,
     soft_clip_loss,
 )
+from mmembed.losses.sigmoid import SigLipLoss, siglip_loss
 from mmembed.losses.soft_targets import (
     SoftTargetClipLoss,
     kl_distillation,
@@ -19,6 +20,7 @@ __all__ = [
     "ClipLoss",
     "InfoNCELoss",
     "ProgressiveSoftClipLoss",
+    "SigLipLoss",
     "SoftTargetClipLoss",
     "alpha_schedule",
     "clip_loss",
@@ -27,6 +29,7 @@ __all__ = [
     "match_tokens",
     "nt_xent_union",
     "progressive_targets",
+    "siglip_loss",
     "soft_clip_loss",
     "soft_target_clip_loss",
     "soft_target_cross_entropy",

@@ -13,32 +13,32 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-MASK_ID = 49405  # CLIP BPE: the last merge is repurposed as <|mask|> (IRRA's convention)
-EXTRA_MASK_ID = 49408  # an added <mask> row (OpenCLIPDualEncoder.add_mask_token; LightCLIP's default)
-FIRST_SPECIAL_ID = 49405  # ids >= this are never words: the repurposed merge, SOT, EOT and an added <mask>
-IGNORE_INDEX = 0  # label of positions that are not predicted (0 is padding in CLIP ids)
+from mmembed.types import SpecialTokens
+
+IGNORE_INDEX = 0  # label of positions that are not predicted (padding is never a word)
 
 
-def word_positions(ids: Tensor) -> Tensor:
-    """True at word tokens of CLIP BPE ids: not padding (0), SOT, EOT, the repurposed merge 49405
-    or an added ``<mask>`` (49408).
+def word_positions(ids: Tensor, special: SpecialTokens) -> Tensor:
+    """True at word tokens: not padding, and below the tokenizer's first special id (so never SOT,
+    EOT, a repurposed or added mask token).
 
     Shapes:
         ids (B, L) -> (B, L) bool.
     """
-    return (ids > 0) & (ids < FIRST_SPECIAL_ID)
+    return (ids > special.pad) & (ids < special.first_special)
 
 
 def mlm_mask(
     ids: Tensor,
-    prob: float = 0.15,
-    mask_id: int = MASK_ID,
-    vocab_max: int = 49404,
+    prob: float,
+    mask_id: int,
+    vocab_max: int,
+    special: SpecialTokens,
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Select word tokens for masked language modelling (BERT's 80/10/10 rule).
 
-    Each word token (``0 < id < 49405``; never padding, SOT, EOT or ``<|mask|>``) is selected
+    Each word token (:func:`word_positions`; never padding, SOT, EOT or the mask) is selected
     with probability ``prob``. A selected token becomes ``mask_id`` with probability 0.8, a
     random id in ``[1, vocab_max]`` with 0.1, and stays unchanged with 0.1. A caption with
     word tokens but none selected gets its first word token selected and masked, so every
@@ -49,6 +49,7 @@ def mlm_mask(
         prob: Selection probability of a word token.
         mask_id: Id written for a masked token.
         vocab_max: Largest random replacement id.
+        special: The tokenizer's special ids (which ids are words).
         generator: Optional torch generator (on the device of ``ids``).
 
     Returns:
@@ -60,7 +61,7 @@ def mlm_mask(
     """
     if not 0.0 < prob <= 1.0:
         raise ValueError(f"prob must be in (0, 1], got {prob}")
-    word = word_positions(ids)  # (B, L)
+    word = word_positions(ids, special)  # (B, L)
     u = torch.rand(ids.shape, generator=generator, device=ids.device)
     kind = torch.rand(ids.shape, generator=generator, device=ids.device)
     selected = word & (u < prob)
@@ -80,13 +81,14 @@ def mlm_mask(
     return out, labels
 
 
-def mlm_inputs(ids: Tensor, prob: float = 0.15, mask_id: int = MASK_ID) -> tuple[Tensor, Tensor, Tensor]:
+def mlm_inputs(ids: Tensor, prob: float, special: SpecialTokens) -> tuple[Tensor, Tensor, Tensor]:
     """Mask a batch for MLM (:func:`mlm_mask`) and return what a position-restricted head needs.
 
     Args:
         ids: Token ids (SOT ... EOT, zero padded).
         prob: Selection probability of a word token.
-        mask_id: Id written for a masked token.
+        special: The encoder's special ids; ``special.mask`` is written for a masked token and
+            random replacements are words below it.
 
     Returns:
         ``(masked_ids, positions, targets)``: the altered ids, the selected positions and the
@@ -98,7 +100,9 @@ def mlm_inputs(ids: Tensor, prob: float = 0.15, mask_id: int = MASK_ID) -> tuple
     Shapes:
         ids: (B, L) -> (B, L), (B, L) bool, (M,).
     """
-    masked, labels = mlm_mask(ids, prob, mask_id=mask_id, vocab_max=min(FIRST_SPECIAL_ID - 1, mask_id - 1))
+    if special.mask is None:
+        raise ValueError("MLM needs a tokenizer with a mask token (special_tokens.mask is None)")
+    masked, labels = mlm_mask(ids, prob, special.mask, min(special.max_word_id, special.mask - 1), special)
     positions = labels != IGNORE_INDEX  # every caption with words has >= 1
     if not positions.any():
         raise ValueError("MLM needs captions with word tokens; this batch has none (empty captions?)")
@@ -129,14 +133,14 @@ class CrossModalMLMHead(nn.Module):
     Args:
         width: Token width (the joint embedding width of the encoder's projected tokens).
         depth: Transformer blocks after the cross-attention (IRRA: 4).
-        vocab_size: Output vocabulary (CLIP BPE: 49408).
+        vocab_size: Output vocabulary (the encoder's ``special_tokens.vocab_size``).
         heads: Attention heads; ``None`` uses ``max(1, width // 64)`` as IRRA does.
 
     Shapes:
         text_tokens: (B, L, D); image_tokens: (B, N, D) -> logits (B, L, V).
     """
 
-    def __init__(self, width: int, depth: int = 4, vocab_size: int = 49408, heads: int | None = None) -> None:
+    def __init__(self, width: int, vocab_size: int, depth: int = 4, heads: int | None = None) -> None:
         super().__init__()
         from open_clip.transformer import QuickGELU, Transformer
 

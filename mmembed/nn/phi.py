@@ -80,13 +80,19 @@ class Phi(nn.Module):
         """Rebuild phi from a file written by :meth:`save` (weights only, loaded strictly), or from a
         Lightning checkpoint (``.ckpt``) of the LinCIR module, which stores phi under ``"phi"``.
 
-        A ``.ckpt`` holds pickled hyperparameters besides tensors, so it is read with
-        ``weights_only=False``: load only checkpoints you trust (your own runs).
+        Every file is read with ``torch.load(weights_only=True)``: tensors, containers and plain values
+        only, so a crafted file cannot run code on load.
         """
+        import pickle
+
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"phi checkpoint {path} does not exist (LinCIR writes phi.pt into its run folder)")
-        blob = torch.load(path, map_location=map_location, weights_only=path.suffix != ".ckpt")
+        try:
+            blob = torch.load(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise ValueError(f"{path} holds objects other than tensors and plain values, and is not loaded (only "
+                             f"weights are read, so a file cannot run code): {str(exc).splitlines()[0]}") from exc
         if path.suffix == ".ckpt" and isinstance(blob, dict):
             blob = blob.get("phi", blob)
         if not isinstance(blob, dict) or "config" not in blob or "state_dict" not in blob:

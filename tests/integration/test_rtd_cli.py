@@ -11,7 +11,7 @@ from mmembed.cli import main
 from mmembed.data.synthetic.cir import write_synth_cir
 
 REPO = Path(__file__).resolve().parents[2]
-LINCIR = str(REPO / "experiments" / "rtd" / "lincir_synth.yaml")
+LINCIR = str(REPO / "experiments" / "lincir" / "synth_cir.yaml")
 RTD = str(REPO / "experiments" / "rtd" / "rtd_synth.yaml")
 TINY = ('{"embed_dim": 32, "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1, '
         '"head_width": 16}, "text_cfg": {"context_length": 32, "width": 32, "heads": 2, "layers": 1}}')

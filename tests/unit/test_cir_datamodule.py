@@ -16,9 +16,9 @@ from mmembed.data.cir_datamodule import (
 from mmembed.data.errors import DatasetFormatError
 from mmembed.data.synthetic.cir import EDIT_TEMPLATES
 from mmembed.methods.lincir.data import CaptionDataModule
+from mmembed.methods.lincir.module import LinCIR
 from mmembed.methods.rtd.data import TripletDataModule
 from mmembed.methods.rtd.triplets import TextTriplet, save_triplets
-from mmembed.types import PSEUDO_TOKEN_ID
 
 
 @pytest.fixture
@@ -53,14 +53,23 @@ def test_read_captions_in_every_format(tmp_path, world):
 def test_lincir_items_pair_a_caption_with_its_masked_copy(tmp_path, tiny_encoder):
     long = "a " + " ".join(["very"] * 40) + " red car"  # every keyword past the 12-token context
     (tmp_path / "c.txt").write_text(f"a red car on the road\n{long}\n")
-    data = CaptionDataModule(captions=str(tmp_path / "c.txt"), batch_size=2, processor=tiny_encoder().processor)
-    batch = next(iter(data.train_dataloader()))
+    encoder = tiny_encoder()
+    pseudo, tokenizer = encoder.special_tokens.pseudo, encoder.tokenizer
+    data = CaptionDataModule(captions=str(tmp_path / "c.txt"), batch_size=2, processor=encoder.processor)
+    loader = data.train_dataloader()
+    assert loader.dataset[0] == {"text": "a red car on the road", "masked": "$ on $", "index": 0}  # raw strings
+    batch = next(iter(loader))
     assert batch["text"].shape == batch["masked"].shape == (2, 12)
-    assert not (batch["text"] == PSEUDO_TOKEN_ID).any()
-    assert (batch["masked"] == PSEUDO_TOKEN_ID).any(dim=1).all()  # the long one falls back to "a photo of $"
-    tokenizer = tiny_encoder().tokenizer
+    assert not (batch["text"] == pseudo).any()
     first = 0 if batch["index"][0] == 0 else 1
     assert torch.equal(batch["masked"][first], tokenizer(["$ on $"])[0])
+    assert not (batch["masked"][1 - first] == pseudo).any()  # every $ of the long one fell past the context
+    with pytest.warns(UserWarning, match="no pretrained weights"):  # the tiny CLIP is a random init
+        module = LinCIR(encoder)
+    masked = module._with_placeholder(batch["masked"])
+    assert (masked == pseudo).any(dim=1).all()  # the long one falls back to "a photo of $"
+    assert torch.equal(masked[1 - first], tokenizer(["a photo of $"])[0])
+    assert torch.equal(masked[first], batch["masked"][first])
 
 
 def test_rule_triplets_on_synth_cir_stay_among_seen_combinations_and_paraphrases(world, tiny_encoder):
@@ -94,12 +103,13 @@ def test_triplets_from_official_files_and_errors(tmp_path, tiny_encoder):
 
 
 def test_eval_loaders_come_in_gallery_query_pairs(world, tiny_encoder):
-    data = CIRDataModule(root=str(world), eval_batch_size=500, processor=tiny_encoder().processor)
+    encoder = tiny_encoder()
+    data = CIRDataModule(root=str(world), eval_batch_size=500, processor=encoder.processor)
     gallery, queries = data.val_dataloader()
     assert queries.dataset.gallery is gallery.dataset and gallery.dataset.name == "cirr"
     g, q = next(iter(gallery)), next(iter(queries))
     assert g["image"].shape == (360, 3, 32, 16)
     assert q["text"].shape[0] == len(queries.dataset.split.queries) and "text2" not in q
-    assert (q["text"] == PSEUDO_TOKEN_ID).any(dim=1).all()
+    assert (q["text"] == encoder.special_tokens.pseudo).any(dim=1).all()
     with pytest.raises(ValueError, match="prompt"):
         CIRDataModule(prompt="a photo of {}")

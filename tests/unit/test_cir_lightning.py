@@ -263,8 +263,8 @@ def test_a_partial_run_encodes_missing_references_and_reports_nothing(world, tin
 
     module._cir_step = spy
     sizes: list[int] = []
-    encode = module.encoder.encode_image
-    module.encoder.encode_image = lambda images, **kw: sizes.append(images.shape[0]) or encode(images, **kw)
+    encode = module.encoder.encode  # every image the module encodes goes through the Embedder call
+    module.encoder.encode = lambda batch, side: sizes.append(batch[side].shape[0]) or encode(batch, side)
     result = _trainer(limit_val_batches=1).validate(module, data, verbose=False)
     assert seen == [0, 1]  # one gallery batch (20 of 360 images), then one query batch
     split = read_cirr(world, "val")

@@ -36,9 +36,10 @@ def test_splits_captions_and_batches(fake_root, tiny_encoder):
     dm.prepare_data()
     train = dm.build_train_dataset()
     assert len(train) == 30
-    item = train[3]
-    assert item["image"].shape == (3, 32, 16) and item["label"] == 3 and item["index"] == 3
-    assert item["text"].ndim == 1
+    assert train[3]["text"] == train.captions[3]  # raw items; the model's processor collates them
+    item = dm.collate_fn(train=True)([train[3]])
+    assert item["image"].shape == (1, 3, 32, 16) and item["label"].tolist() == [3] and item["index"].tolist() == [3]
+    assert item["text"].ndim == 2
     for caption, label in zip(train.captions, train.labels, strict=True):
         assert any(word in caption for word in SYNONYMS[label])
         assert any(caption == t.format(w) for t in TRAIN_TEMPLATES for w in SYNONYMS[label])
@@ -90,7 +91,8 @@ def test_zero_shot_callback_scores_the_validation_images(fake_root, tiny_encoder
 
     _, gallery = dm.eval_datasets("val")
     with torch.no_grad():
-        feats = torch.stack([encoder.encode_image(gallery[i]["image"][None]).embedding[0] for i in range(len(gallery))])
+        feats = torch.stack([encoder.encode_image(encoder.processor.eval_image_transform(gallery[i]["image"])[None])
+                             .embedding[0] for i in range(len(gallery))])
         clf = zeroshot_classifier(lambda ids: encoder.encode_text(ids).embedding, encoder.tokenizer,
                                   dm.classnames, dm.zeroshot_templates)
     labels = torch.tensor([gallery[i]["label"] for i in range(len(gallery))])

@@ -46,8 +46,8 @@ def test_shards_read_by_offset(shards, tiny_encoder):
     dm = ImageTextDataModule(train=str(shards / "shard-*.tar"), val=str(shards / "shard-1.tar"),
                              batch_size=2, processor=tiny_encoder().processor)
     train = dm.build_train_dataset()
-    item = train[5]
-    assert item["image"].shape == (3, 32, 16) and item["label"] == 5 and item["text"].ndim == 1
+    item = dm.collate_fn(train=True)([train[5]])  # raw item -> batch through the model's processor
+    assert item["image"].shape == (1, 3, 32, 16) and item["label"].tolist() == [5] and item["text"].ndim == 2
     batch = next(iter(dm.train_dataloader()))
     assert batch["image"].shape == (2, 3, 32, 16)
     queries, gallery = dm.build_eval_datasets("val")

@@ -25,7 +25,8 @@ def test_top_level_import_is_cheap():
      "mmembed.nn.encoders.open_clip", "mmembed.nn.mlm", "mmembed.types", "mmembed.eval.evaluator",
      "mmembed.eval.zeroshot", "mmembed.data.idx", "mmembed.eval.runs", "mmembed.metrics.cir", "mmembed.data.cir",
      "mmembed.eval.cir_submission", "mmembed.eval.cir", "mmembed.data.synthetic.cir", "mmembed.methods.lincir.keywords",
-     "mmembed.nn.phi", "mmembed.methods.lincir.objective", "mmembed.methods.rtd.triplets", "mmembed.methods.rtd.objective"],
+     "mmembed.nn.phi", "mmembed.methods.lincir.objective", "mmembed.methods.rtd.triplets", "mmembed.methods.rtd.objective",
+     "mmembed.eval.base", "mmembed.eval.candidates", "mmembed.nn.encoders.base", "mmembed.losses.sigmoid"],
 )
 def test_lower_layers_do_not_import_lightning(module):
     mods = imported_after(f"import {module}")

@@ -7,25 +7,29 @@ import torch
 import torch.nn.functional as F
 
 from mmembed.methods.irra.module import IRRAModule, id_loss
-from mmembed.nn.mlm import IGNORE_INDEX, MASK_ID, CrossModalMLMHead, mlm_mask
-
-SOT, EOT = 49406, 49407
-
+from mmembed.nn.mlm import IGNORE_INDEX, CrossModalMLMHead, mlm_mask
+from mmembed.types import SpecialTokens
 
 
-def captions(n: int, length: int = 12, words: int = 8, seed: int = 0) -> torch.Tensor:
+@pytest.fixture
+def sp(tiny_encoder) -> SpecialTokens:
+    """The tiny CLIP's special ids (CLIP BPE, no added mask row: mask 49405, vocabulary 49408)."""
+    return tiny_encoder().special_tokens
+
+
+def captions(sp: SpecialTokens, n: int, length: int = 12, words: int = 8, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    ids = torch.zeros(n, length, dtype=torch.long)
-    ids[:, 0] = SOT
-    ids[:, 1:1 + words] = torch.randint(1, 49405, (n, words), generator=g)
-    ids[:, 1 + words] = EOT
+    ids = torch.full((n, length), sp.pad, dtype=torch.long)
+    ids[:, 0] = sp.sot
+    ids[:, 1:1 + words] = torch.randint(1, sp.first_special, (n, words), generator=g)
+    ids[:, 1 + words] = sp.eot
     return ids
 
 
-def test_mlm_mask_rule_and_rates():
-    ids = captions(1000, length=48, words=40)  # long captions: the forced target is rare (0.85^40)
-    masked, labels = mlm_mask(ids, 0.15, generator=torch.Generator().manual_seed(1))
-    special = (ids == 0) | (ids >= 49405)
+def test_mlm_mask_rule_and_rates(sp):
+    ids = captions(sp, 1000, length=48, words=40)  # long captions: the forced target is rare (0.85^40)
+    masked, labels = mlm_mask(ids, 0.15, sp.mask, sp.max_word_id, sp, generator=torch.Generator().manual_seed(1))
+    special = (ids == sp.pad) | (ids >= sp.first_special)
     assert torch.equal(masked[special], ids[special])  # padding, SOT, EOT untouched
     assert (labels[special] == IGNORE_INDEX).all()
     selected = labels != IGNORE_INDEX
@@ -35,26 +39,27 @@ def test_mlm_mask_rule_and_rates():
     words = ~special
     rate = selected.sum() / words.sum()
     assert abs(float(rate) - (0.15 + 0.85**40 / 40)) < 0.005
-    m = selected & (masked == MASK_ID)
+    m = selected & (masked == sp.mask)
     same = selected & (masked == ids)
     other = selected & ~m & ~same
     n = selected.sum().float()
     assert abs(float(m.sum() / n) - 0.8) < 0.02
     assert abs(float(same.sum() / n) - 0.1) < 0.02
     assert abs(float(other.sum() / n) - 0.1) < 0.02
-    assert (masked[other] >= 1).all() and (masked[other] <= 49404).all()
+    assert (masked[other] >= 1).all() and (masked[other] <= sp.max_word_id).all()
+    assert sp.max_word_id == 49404  # CLIP BPE: random replacements are words below the repurposed merge
 
 
-def test_mlm_mask_forces_one_target_and_validates():
-    ids = captions(50, words=1)
-    masked, labels = mlm_mask(ids, 1e-6, generator=torch.Generator().manual_seed(0))
+def test_mlm_mask_forces_one_target_and_validates(sp):
+    ids = captions(sp, 50, words=1)
+    masked, labels = mlm_mask(ids, 1e-6, sp.mask, sp.max_word_id, sp, generator=torch.Generator().manual_seed(0))
     assert ((labels != 0).sum(1) == 1).all()  # the single word is forced
-    assert (masked[:, 1] == MASK_ID).all() and torch.equal(labels[:, 1], ids[:, 1])
-    only_specials = torch.tensor([[SOT, EOT, 0, 0]])
-    masked, labels = mlm_mask(only_specials)
+    assert (masked[:, 1] == sp.mask).all() and torch.equal(labels[:, 1], ids[:, 1])
+    only_specials = torch.tensor([[sp.sot, sp.eot, sp.pad, sp.pad]])
+    masked, labels = mlm_mask(only_specials, 0.15, sp.mask, sp.max_word_id, sp)
     assert torch.equal(masked, only_specials) and (labels == 0).all()
     with pytest.raises(ValueError, match="prob"):
-        mlm_mask(ids, 0.0)
+        mlm_mask(ids, 0.0, sp.mask, sp.max_word_id, sp)
 
 
 def test_id_loss_is_mean_of_the_two_cross_entropies():
@@ -89,9 +94,10 @@ def test_parameter_groups_follow_the_reference_rule(tiny_encoder):
     assert any("cross" in n for n, _ in named) and any("mlm_head" in n for n, _ in named)
 
 
-def test_losses_backpropagate_and_weights_switch_terms_off(tiny_encoder):
+def test_losses_backpropagate_and_weights_switch_terms_off(tiny_encoder, sp):
     model = IRRAModule(tiny_encoder(), num_classes=4, cmt_depth=1)
-    batch = {"image": torch.randn(6, 3, 32, 16), "text": captions(6, words=6), "label": torch.tensor([0, 1, 2, 3, 0, 1])}
+    batch = {"image": torch.randn(6, 3, 32, 16), "text": captions(sp, 6, words=6),
+             "label": torch.tensor([0, 1, 2, 3, 0, 1])}
     out = model.compute_loss(batch)
     assert {"sdm", "id", "mlm", "mlm_acc", "img_acc", "txt_acc"} <= set(out)
     torch.testing.assert_close(out["loss"].detach(), out["sdm"] + out["id"] + out["mlm"])
@@ -143,19 +149,19 @@ def test_mlm_head_on_selected_positions_equals_full_logits():
     torch.testing.assert_close(F.cross_entropy(head(text, image, positions), labels[positions]), reference)
 
 
-def test_mlm_inputs_and_loss():
+def test_mlm_inputs_and_loss(sp):
     from mmembed.nn.mlm import mlm_inputs, mlm_loss
 
-    ids = captions(20, words=6)
-    masked, positions, targets = mlm_inputs(ids, 0.3)
+    ids = captions(sp, 20, words=6)
+    masked, positions, targets = mlm_inputs(ids, 0.3, sp)
     torch.testing.assert_close(targets, ids[positions])
     assert positions.any(1).all() and masked.shape == ids.shape
-    logits = torch.randn(len(targets), 49408)
+    logits = torch.randn(len(targets), sp.vocab_size)
     loss, acc = mlm_loss(logits, targets)
-    full = torch.zeros(20, ids.shape[1], 49408)
+    full = torch.zeros(20, ids.shape[1], sp.vocab_size)
     full[positions] = logits
     labels = torch.where(positions, ids, torch.zeros_like(ids))
     torch.testing.assert_close(loss, F.cross_entropy(full.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX))
     assert 0.0 <= float(acc) <= 1.0
     with pytest.raises(ValueError, match="word tokens"):
-        mlm_inputs(torch.tensor([[SOT, EOT, 0]]))
+        mlm_inputs(torch.tensor([[sp.sot, sp.eot, sp.pad]]), 0.15, sp)

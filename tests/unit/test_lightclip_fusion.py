@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from mmembed.methods.lightclip.fusion import FusionMLM, fusion_depths, image_stages, text_tower
 from mmembed.nn.encoders.open_clip import OpenCLIPDualEncoder
-from mmembed.nn.mlm import IGNORE_INDEX, MASK_ID
+from mmembed.nn.mlm import IGNORE_INDEX
 
 TEXT = {"context_length": 8, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 3}
 
@@ -121,7 +121,7 @@ def test_masked_colour_is_learnt_only_with_image_fusion(fuse):
         images[:, 0] = (which == 0).float()[:, None, None] * 2 - 1  # red channel on / off
         images[:, 2] = (which == 1).float()[:, None, None] * 2 - 1
         masked = ids[which].clone()
-        masked[:, 2] = MASK_ID
+        masked[:, 2] = enc.special_tokens.mask
         labels = torch.full_like(masked, IGNORE_INDEX)
         labels[:, 2] = targets[which]
         return images, masked, labels

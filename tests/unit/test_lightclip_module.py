@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mmembed.methods.lightclip.module import LightCLIPModule
-from mmembed.nn.mlm import EXTRA_MASK_ID, MASK_ID, word_positions
+from mmembed.nn.mlm import word_positions
 
 
 def batch(encoder, n: int = 4) -> dict:
@@ -22,26 +22,35 @@ def test_temperature_starts_at_clip_init_and_is_clamped_after_each_step(tiny_enc
     assert module.loss.logit_scale.log_scale.item() == pytest.approx(math.log(1 / 0.07), abs=1e-4)  # 2.6593
     with torch.no_grad():
         module.loss.logit_scale.log_scale.fill_(7.0)
-    module.on_before_zero_grad(None)  # Lightning calls it right after optimizer.step()
+    optimizer = torch.optim.SGD([module.loss.logit_scale.log_scale], lr=0.0)
+    module.optimizer_step(0, 0, optimizer)  # Lightning's step hook: optimizer.step(), then the clamp
     assert module.loss.logit_scale.log_scale.item() == pytest.approx(math.log(100.0))
 
 
 def test_mask_token_modes(tiny_encoder):
     extra = LightCLIPModule(tiny_encoder(), num_fusions=1)  # default: mask_token="extra"
-    assert extra.mask_id == EXTRA_MASK_ID == 49408
+    assert extra.mask_id == extra.encoder.special_tokens.mask == 49408
     assert extra.encoder.model.token_embedding.weight.shape[0] == 49409
     assert extra.mlm.bias.shape[0] == 49409  # the tied head covers the new row
     reuse = LightCLIPModule(tiny_encoder(), num_fusions=1, mask_token="reuse")
-    assert reuse.mask_id == MASK_ID and reuse.encoder.model.token_embedding.weight.shape[0] == 49408
+    assert reuse.mask_id == reuse.encoder.special_tokens.mask == 49405
+    assert reuse.encoder.model.token_embedding.weight.shape[0] == 49408
     no_mlm = LightCLIPModule(tiny_encoder(), mlm_weight=0.0)
     assert no_mlm.mlm is None and no_mlm.encoder.model.token_embedding.weight.shape[0] == 49408
     with pytest.raises(ValueError, match="mask_token"):
         LightCLIPModule(tiny_encoder(), mask_token="new")
 
 
-def test_word_positions_exclude_padding_special_and_mask_ids():
-    ids = torch.tensor([[49406, 320, 3360, 49405, 49408, 49407, 0, 0]])
-    assert word_positions(ids).tolist() == [[False, True, True, False, False, False, False, False]]
+def test_word_positions_exclude_padding_special_and_mask_ids(tiny_encoder):
+    encoder = tiny_encoder()
+    reuse = encoder.special_tokens
+    encoder.add_mask_token()
+    extra = encoder.special_tokens
+    assert (reuse.mask, extra.mask) == (49405, 49408)
+    ids = torch.tensor([[49406, 320, 3360, 49405, 49408, 49407, 0, 0]])  # SOT, 2 words, both masks, EOT, padding
+    expected = [[False, True, True, False, False, False, False, False]]
+    assert word_positions(ids, reuse).tolist() == expected
+    assert word_positions(ids, extra).tolist() == expected
 
 
 @pytest.mark.parametrize(("tok", "mlm", "keys"), [

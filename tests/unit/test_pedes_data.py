@@ -52,8 +52,8 @@ def test_records_expand_in_json_then_caption_order(tmp_path):
     queries, gallery = dm.build_eval_datasets("test")
     assert len(queries) == 8 and len(gallery) == 4
     assert queries.labels == [4, 4, 4, 4, 5, 5, 5, 5] and gallery.labels == [4, 4, 5, 5]
-    item = gallery[0]
-    assert item["image"].shape == (3, 16, 8) and item["index"] == 0
+    item = dm.collate_fn(train=False)([gallery[0]])  # raw item -> batch through the model's processor
+    assert item["image"].shape == (1, 3, 16, 8) and item["index"].tolist() == [0]
     qv, gv = dm.build_eval_datasets("val")
     assert gv.labels == [3, 3]
 
@@ -112,7 +112,7 @@ def test_not_a_list(tmp_path):
 def test_missing_processor_is_explained(tmp_path):
     root = write_dataset(tmp_path, good_entries())
     with pytest.raises(RuntimeError, match="processor=model.processor"):
-        PedesDataModule(str(root)).build_train_dataset()
+        PedesDataModule(str(root), batch_size=2).train_dataloader()
 
 
 def test_synth_datamodule_generates_once_and_refuses_other_parameters(tmp_path, folder_digest):

@@ -7,20 +7,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmembed.methods.rde.augment import MASK_ID, augment_tokens
+from mmembed.methods.rde.augment import augment_tokens
 from mmembed.methods.rde.module import RDEModule
 from mmembed.methods.rde.noise import CaptionShuffle, NoiseIndexFile, noise_index
 
-SOT, EOT = 49406, 49407
 
-
-
-def test_augment_identity_when_off_and_specials_preserved():
+def test_augment_identity_when_off_and_specials_preserved(tiny_encoder):
+    sp = tiny_encoder().special_tokens
+    SOT, EOT = sp.sot, sp.eot
     ids = torch.tensor([[SOT, 10, 11, 12, 13, EOT, 0, 0], [SOT, 20, EOT, 0, 0, 0, 0, 0]])
-    assert torch.equal(augment_tokens(ids, p=0.0), ids)
+    assert torch.equal(augment_tokens(ids, p=0.0, special=sp), ids)
     g = torch.Generator().manual_seed(0)
     for _ in range(50):
-        out = augment_tokens(ids, p=0.5, generator=g)
+        out = augment_tokens(ids, p=0.5, special=sp, generator=g)
         for row in out:
             assert row[0] == SOT
             assert (row == EOT).sum() == 1
@@ -29,15 +28,16 @@ def test_augment_identity_when_off_and_specials_preserved():
             assert torch.all(row[1:eot] > 0)
 
 
-def test_augment_rates_match_spec():
+def test_augment_rates_match_spec(tiny_encoder):
+    sp = tiny_encoder().special_tokens
     g = torch.Generator().manual_seed(1)
     words = torch.randint(1, 40000, (4000, 30))
-    ids = torch.cat([torch.full((4000, 1), SOT), words, torch.full((4000, 1), EOT)], dim=1)
-    out = augment_tokens(ids, p=0.2, generator=g)
+    ids = torch.cat([torch.full((4000, 1), sp.sot), words, torch.full((4000, 1), sp.eot)], dim=1)
+    out = augment_tokens(ids, p=0.2, special=sp, generator=g)
     lengths = (out > 0).sum(1) - 2
     deleted = 30 - lengths  # 0.2 * 0.2 = 4% of words deleted
     assert deleted.float().mean() / 30 == pytest.approx(0.04, abs=0.004)
-    masked = (out == MASK_ID).sum() / (4000 * 30)  # 0.2 * 0.6 = 12% masked
+    masked = (out == sp.mask).sum() / (4000 * 30)  # 0.2 * 0.6 = 12% masked
     assert float(masked) == pytest.approx(0.12, abs=0.006)
 
 

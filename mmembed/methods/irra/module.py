@@ -20,6 +20,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from mmembed.lit.embedding_module import EmbeddingModule
+from mmembed.nn.encoders.base import TokenEmbedder, require
 from mmembed.losses.identity import sdm
 from mmembed.nn.mlm import CrossModalMLMHead, mlm_inputs, mlm_loss
 
@@ -48,8 +49,9 @@ class IRRAModule(EmbeddingModule):
         cmt_depth: Transformer blocks of the cross-modal MLM branch.
         lr_factor: Learning-rate multiplier of the randomly initialised modules.
         bias_lr_factor: Learning-rate multiplier of parameters named ``*bias*`` (no weight decay).
-        optimizer, lr_scheduler, lr_scheduler_interval, ks, eval_chunk_size, plot_queries,
-        plot_top_k, export_encoder: See :class:`~mmembed.lit.embedding_module.EmbeddingModule`.
+        optimizer: Optimizer factory (IRRA: Adam).
+        **kwargs: See :class:`~mmembed.lit.embedding_module.EmbeddingModule` and
+            :class:`~mmembed.lit.module.TrainModule`.
 
     Shapes:
         training batch: image (B, C, H, W), text (B, L), label (B,) in ``[0, num_classes)``.
@@ -68,18 +70,9 @@ class IRRAModule(EmbeddingModule):
         lr_factor: float = 5.0,
         bias_lr_factor: float = 2.0,
         optimizer: OptimizerCallable = torch.optim.Adam,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
-        ks: tuple[int, ...] = (1, 5, 10),
-        eval_chunk_size: int = 1024,
-        plot_queries: int = 8,
-        plot_top_k: int = 10,
-        export_encoder: bool = True,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            encoder, None, optimizer, lr_scheduler, lr_scheduler_interval, True, ks, eval_chunk_size,
-            plot_queries, plot_top_k, export_encoder,
-        )
+        super().__init__(encoder=require(encoder, TokenEmbedder, "IRRAModule"), optimizer=optimizer, **kwargs)
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         if temperature <= 0:
@@ -89,10 +82,12 @@ class IRRAModule(EmbeddingModule):
         if self.classifier is not None:
             nn.init.normal_(self.classifier.weight, std=0.001)
             nn.init.zeros_(self.classifier.bias)
-        self.mlm = CrossModalMLMHead(dim, cmt_depth) if mlm_weight > 0 else None
+        vocab = encoder.special_tokens.vocab_size if mlm_weight > 0 else 0
+        self.mlm = CrossModalMLMHead(dim, vocab, depth=cmt_depth) if mlm_weight > 0 else None
 
     def on_train_start(self) -> None:
-        dataset = getattr(self.trainer.train_dataloader, "dataset", None)
+        datamodule = self.trainer.datamodule
+        dataset = datamodule.train_dataset() if hasattr(datamodule, "train_dataset") else None
         n = getattr(dataset, "num_identities", None)
         if self.classifier is not None and n is not None and n > self.hparams.num_classes:
             raise ValueError(
@@ -119,7 +114,7 @@ class IRRAModule(EmbeddingModule):
             out["txt_acc"] = (txt_logits.argmax(1) == pids).float().mean()
             loss = loss + h.id_weight * out["id"]
         if self.mlm is not None:
-            mlm_ids, positions, targets = mlm_inputs(batch["text"], h.mlm_prob)
+            mlm_ids, positions, targets = mlm_inputs(batch["text"], h.mlm_prob, self.encoder.special_tokens)
             mlm_tokens = self.encoder.encode_text(mlm_ids, return_tokens=True).tokens  # (B, L, D)
             # the vocabulary head runs on the masked positions only (same loss as the reference's
             # cross-entropy with ignore_index over all positions)
@@ -129,7 +124,7 @@ class IRRAModule(EmbeddingModule):
         out["loss"] = loss
         return {k: (v if k == "loss" else v.detach()) for k, v in out.items()}
 
-    def configure_optimizers(self) -> Any:
+    def param_groups(self) -> list[dict[str, Any]]:
         """IRRA's per-parameter rule: ``lr * lr_factor`` for names containing ``cross``; biases at
         ``lr * bias_lr_factor`` with no weight decay; then ``classifier`` / ``mlm_head`` at
         ``lr * lr_factor`` (their biases too, still without weight decay)."""
@@ -146,6 +141,5 @@ class IRRAModule(EmbeddingModule):
             if "classifier" in name or "mlm_head" in name:
                 factor = h.lr_factor
             factors.setdefault((factor, decay), []).append(p)
-        spec = [{"params": ps, "lr_factor": f, **({} if decay else {"weight_decay": 0.0})}
+        return [{"params": ps, "lr_factor": f, **({} if decay else {"weight_decay": 0.0})}
                 for (f, decay), ps in factors.items()]
-        return self.optimize_groups(spec)

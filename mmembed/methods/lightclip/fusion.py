@@ -82,7 +82,7 @@ class FusionBlock(nn.Module):
 
 def text_tower(encoder: nn.Module) -> nn.Module:
     """The CLIP-style text transformer of an open_clip model (``CLIP`` or ``CustomTextCLIP``)."""
-    tower = getattr(encoder.model, "text", encoder.model)
+    tower = encoder.text_tower
     if not hasattr(tower, "token_embedding") or getattr(tower, "cls_emb", None) is not None:
         raise NotImplementedError("the MLM branch needs a CLIP-style text transformer")
     return tower

@@ -18,14 +18,14 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from mmembed.lit.embedding_module import EmbeddingModule
-from mmembed.losses.progressive import ProgressiveSoftClipLoss, SoftMode, alpha_schedule
+from mmembed.losses.progressive import ProgressiveSoftClipLoss, alpha_schedule
 from mmembed.losses.token_matching import MatchMode, token_matching_loss
 from mmembed.methods.lightclip.fusion import FusionMLM, text_tower
-from mmembed.nn.mlm import MASK_ID, mlm_inputs, mlm_loss, word_positions
+from mmembed.nn.encoders.base import TokenEmbedder, require
+from mmembed.nn.mlm import mlm_inputs, mlm_loss, word_positions
 
 
 # The ablation grid of scripts/study_lightclip.py and scripts/bench_lightclip_step.py: LightCLIPModule
@@ -43,28 +43,31 @@ class LightCLIPModule(EmbeddingModule):
     """LightCLIP on an open_clip dual encoder (ViT or timm/CNN image tower).
 
     Args:
-        encoder: :class:`~mmembed.nn.encoders.open_clip.OpenCLIPDualEncoder`.
+        encoder: :class:`~mmembed.nn.encoders.open_clip.OpenCLIPDualEncoder` (any
+            :class:`~mmembed.nn.encoders.base.TokenEmbedder`).
+        loss: L_ins, a loss with a settable ``alpha`` (the softening) and a learnable ``logit_scale``:
+            :class:`~mmembed.losses.progressive.ProgressiveSoftClipLoss` (None: its defaults, i.e.
+            ``similarity`` softening, initial temperature 0.07 clamped at a scale of 100, local
+            loss over gathered features).
         alpha_max: Final softening of the instance-level labels (0: plain CLIP loss).
         alpha_shape: Ramp from 0 to ``alpha_max`` over training: ``linear`` or ``cosine``.
-        soft_mode: ``similarity`` (negatives share alpha by detached similarity) or ``uniform``.
-        init_temperature: Initial CLIP temperature (learnable, clamped at a scale of 100).
         tok_weight: Weight of L_tok (0 disables it).
         tok_tau: Temperature of the per-word softmax over patches.
         tok_r: Patches per word in the relaxed matching (None: ``max(1, P // M)``).
         tok_mode: ``relaxed``, ``strict`` or ``argmax`` (FILIP-style) matching.
         mlm_weight: Weight of L_mlm (0: no MLM branch).
         mlm_prob: Share of caption words selected for MLM (BERT 80/10/10 rule).
-        mask_token: ``extra`` adds a train-only ``<mask>`` row (id 49408) to the token embedding
-            and pools text at the first EOT (dropped again on export); ``reuse`` writes the
-            last BPE merge (49405) as the mask and leaves the encoder untouched.
+        mask_token: ``extra`` adds a train-only ``<mask>`` row to the token embedding (the
+            encoder's ``add_mask_token``; it pools text at the first EOT and drops the row again on
+            export); ``reuse`` writes the encoder's repurposed mask id (CLIP: the last BPE merge)
+            and leaves the encoder untouched.
         num_fusions: Fusion blocks K (after text layers ``ceil(k L / K)``).
         fuse_image: Let the MLM pass attend to image stages (False: text-only MLM ablation).
         mlm_bidirectional: Drop the text tower's causal mask in the MLM pass only (a causal
             tower otherwise predicts a masked word from the words before it). A tower built with
             ``text_cfg.no_causal_mask: true`` is bidirectional in both passes.
-        local_loss, gather: Cross-rank gathering of L_ins (see ``ProgressiveSoftClipLoss``).
-        optimizer, lr_scheduler, lr_scheduler_interval, no_decay_1d, ks, eval_chunk_size,
-        plot_queries, plot_top_k, export_encoder: See :class:`~mmembed.lit.embedding_module.EmbeddingModule`.
+        **kwargs: See :class:`~mmembed.lit.embedding_module.EmbeddingModule` and
+            :class:`~mmembed.lit.module.TrainModule`.
 
     Shapes:
         training batch: image (B, 3, H, W), text (B, L).
@@ -73,10 +76,9 @@ class LightCLIPModule(EmbeddingModule):
     def __init__(
         self,
         encoder: nn.Module,
+        loss: nn.Module | None = None,
         alpha_max: float = 0.2,
         alpha_shape: Literal["linear", "cosine"] = "linear",
-        soft_mode: SoftMode = "similarity",
-        init_temperature: float = 0.07,
         tok_weight: float = 1.0,
         tok_tau: float = 0.1,
         tok_r: int | None = None,
@@ -87,36 +89,23 @@ class LightCLIPModule(EmbeddingModule):
         num_fusions: int = 3,
         fuse_image: bool = True,
         mlm_bidirectional: bool = False,
-        local_loss: bool = True,
-        gather: bool = True,
-        optimizer: OptimizerCallable = torch.optim.AdamW,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
-        no_decay_1d: bool = True,
-        ks: tuple[int, ...] = (1, 5, 10),
-        eval_chunk_size: int = 1024,
-        plot_queries: int = 8,
-        plot_top_k: int = 10,
-        export_encoder: bool = True,
+        **kwargs: Any,
     ) -> None:
         if not 0.0 <= alpha_max <= 1.0:
             raise ValueError(f"alpha_max must be in [0, 1], got {alpha_max}")
         if mask_token not in ("extra", "reuse"):
             raise ValueError(f"mask_token must be 'extra' or 'reuse', got {mask_token!r}")
-        loss = ProgressiveSoftClipLoss(init_temperature, alpha=0.0, mode=soft_mode, local_loss=local_loss,
-                                       gather=gather)
-        super().__init__(
-            encoder, loss, optimizer, lr_scheduler, lr_scheduler_interval, no_decay_1d, ks, eval_chunk_size,
-            plot_queries, plot_top_k, export_encoder,
-        )
-        self.mask_id = MASK_ID
+        loss = ProgressiveSoftClipLoss() if loss is None else loss
+        if not hasattr(loss, "alpha") or not isinstance(getattr(loss, "logit_scale", None), nn.Module):
+            raise TypeError(f"LightCLIP's loss needs a settable alpha and a learnable logit_scale "
+                            f"(e.g. mmembed.losses.ProgressiveSoftClipLoss), got {type(loss).__name__}")
+        super().__init__(encoder=require(encoder, TokenEmbedder, "LightCLIPModule"), loss=loss, **kwargs)
         if mlm_weight > 0 and mask_token == "extra":
-            self.mask_id = encoder.add_mask_token()  # before the head ties itself to the embedding
+            encoder.add_mask_token()  # before the head ties itself to the embedding; special_tokens.mask is its id
+        self.mask_id = encoder.special_tokens.mask
         self.mlm = (FusionMLM.from_encoder(encoder, num_fusions, fuse_image, mlm_bidirectional)
                     if mlm_weight > 0 else None)
-        visual = encoder.model.visual
-        # tokens ahead of the patches: open_clip ViT has a class token; timm towers say how many
-        self._prefix_tokens = getattr(visual.trunk, "num_prefix_tokens", 0) if hasattr(visual, "trunk") else 1
+        self._prefix_tokens = encoder.num_prefix_tokens  # tokens ahead of the patches (a class token)
 
     def current_alpha(self) -> float:
         """The softening at this step: ``alpha_schedule(step / total_steps)`` (0 outside training)."""
@@ -141,13 +130,13 @@ class LightCLIPModule(EmbeddingModule):
         out: dict[str, Tensor] = {"ins": self.loss(image, text)}
         total = out["ins"]
         if need_tokens:
-            words = txt.mask & word_positions(ids)  # (B, L): no SOT / EOT / padding / mask
+            words = txt.mask & word_positions(ids, self.encoder.special_tokens)  # (B, L): no SOT / EOT / padding / mask
             patches = img.tokens[:, self._prefix_tokens:]  # (B, P, D)
             out["tok"], out["tok_cos"] = token_matching_loss(txt.tokens, patches, words, h.tok_tau, h.tok_r,
                                                              h.tok_mode, return_matched_cosine=True)
             total = total + h.tok_weight * out["tok"]
         if self.mlm is not None:
-            masked, positions, targets = mlm_inputs(ids, h.mlm_prob, self.mask_id)
+            masked, positions, targets = mlm_inputs(ids, h.mlm_prob, self.encoder.special_tokens)
             stages = img.stages if fuse else []
             logits = self.mlm(text_tower(self.encoder), masked, stages, positions=positions)  # (M, V)
             out["mlm"], out["mlm_acc"] = mlm_loss(logits, targets)

@@ -5,38 +5,35 @@ benchmark that validates phi.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
 from typing import Any, Literal
 
 from torch.utils.data import Dataset
 
-from mmembed.data.cir import PROMPT
-from mmembed.data.cir_datamodule import Benchmark, CIRDataModule, read_captions
-from mmembed.methods.lincir.keywords import FALLBACK, mask_keywords
-from mmembed.types import PSEUDO_TOKEN_ID, Processor
+from mmembed.data.cir_datamodule import CIRDataModule, read_captions
+from mmembed.methods.lincir.keywords import mask_keywords
 
 __all__ = ["CaptionDataModule"]
 
 
 class _MaskedCaptions(Dataset):
-    """LinCIR items: the caption and its keyword-masked copy (``$`` = the pseudo word).
+    """LinCIR items: the caption and its keyword-masked copy (``$`` = the pseudo word), as strings
+    (the model's processor tokenises them; the module falls back to ``"a photo of $"`` where every
+    ``$`` fell past the context length).
 
     Shapes:
-        item: text (L,), masked (L,), index.
+        item: text, masked (strings), index.
     """
 
-    def __init__(self, captions: list[str], processor: Processor, tagger: str, seed: int) -> None:
-        self.captions, self.tokenizer, self.tagger, self.seed = captions, processor.tokenizer, tagger, seed
+    def __init__(self, captions: list[str], tagger: str, seed: int) -> None:
+        self.captions, self.tagger, self.seed = captions, tagger, seed
 
     def __len__(self) -> int:
         return len(self.captions)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         caption = self.captions[i]
-        ids = self.tokenizer([caption, mask_keywords(caption, random.Random(self.seed * 1_000_003 + i), self.tagger)])
-        if not bool((ids[1] == PSEUDO_TOKEN_ID).any()):  # every $ fell past the context length
-            ids[1] = self.tokenizer([FALLBACK])[0]
-        return {"text": ids[0], "masked": ids[1], "index": i}
+        masked = mask_keywords(caption, random.Random(self.seed * 1_000_003 + i), self.tagger)
+        return {"text": caption, "masked": masked, "index": i}
 
 
 class CaptionDataModule(CIRDataModule):
@@ -48,8 +45,7 @@ class CaptionDataModule(CIRDataModule):
         exclude_held_out: Skip SynthCIR's held-out combinations.
         tagger: Keyword tagger, ``rules`` (default, no model) or ``spacy`` (if installed).
         seed: Seed of the random-word fallback (per caption, so workers agree).
-        benchmark, root, val_subset, test_subset, categories, image_root, prompt, batch_size,
-        eval_batch_size, num_workers, pin_memory, processor: See :class:`~mmembed.data.cir_datamodule.CIRDataModule`.
+        **kwargs: Benchmark and loader options of :class:`~mmembed.data.cir_datamodule.CIRDataModule`.
 
     Shapes:
         train batch: text (B, L), masked (B, L), index (B,).
@@ -62,24 +58,12 @@ class CaptionDataModule(CIRDataModule):
         exclude_held_out: bool = True,
         tagger: Literal["rules", "spacy"] = "rules",
         seed: int = 0,
-        benchmark: Benchmark = "cirr",
-        root: str | None = None,
-        val_subset: str = "val",
-        test_subset: str = "test1",
-        categories: Sequence[str] = ("dress", "shirt", "toptee"),
-        image_root: str | None = None,
-        prompt: str = PROMPT,
-        batch_size: int = 64,
-        eval_batch_size: int = 256,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        processor: Processor | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(benchmark, root, val_subset, test_subset, categories, image_root, prompt, batch_size,
-                         eval_batch_size, num_workers, pin_memory, processor)
+        super().__init__(**kwargs)
         self.caption_files, self.text_col, self.exclude_held_out = captions, text_col, exclude_held_out
         self.tagger, self.seed = tagger, seed
 
     def build_train_dataset(self) -> Dataset:
         captions = read_captions(self.caption_files, self.text_col, self.exclude_held_out)
-        return _MaskedCaptions(captions, self.require_processor(), self.tagger, self.seed)
+        return _MaskedCaptions(captions, self.tagger, self.seed)

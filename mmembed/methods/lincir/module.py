@@ -12,14 +12,15 @@ References:
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from mmembed.lit.cir_module import ComposedRetrievalModule
+from mmembed.methods.lincir.keywords import FALLBACK
 from mmembed.methods.lincir.objective import lincir_loss
 from mmembed.nn.phi import Phi, noise_std, noisy_embeddings
 
@@ -38,10 +39,9 @@ class LinCIR(ComposedRetrievalModule):
         noise_scale: Input noise sigma (LinCIR: 1.0, absolute for CLIP ViT-L/14).
         noise_relative: Read ``noise_scale`` relative to the caption embeddings' mean norm
             (:func:`~mmembed.nn.phi.noise_std`); for encoders far from CLIP-L's scale.
-        optimizer, lr_scheduler, lr_scheduler_interval, no_decay_1d, plot_queries, plot_top_k:
-            See :class:`~mmembed.lit.cir_module.ComposedRetrievalModule` (LinCIR: AdamW, lr 1e-4,
-            weight decay 0.01 on every parameter, constant learning rate).
         export_phi: Write ``phi.pt`` into the run folder after ``fit``.
+        **kwargs: See :class:`~mmembed.lit.cir_module.ComposedRetrievalModule` (LinCIR: AdamW,
+            lr 1e-4, weight decay 0.01 on every parameter, constant learning rate).
 
     Shapes:
         batch: text (B, L), masked (B, L) -> loss ().
@@ -55,26 +55,30 @@ class LinCIR(ComposedRetrievalModule):
         phi_dropout: float = 0.5,
         noise_scale: float = 1.0,
         noise_relative: bool = False,
-        optimizer: OptimizerCallable = torch.optim.AdamW,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        lr_scheduler_interval: Literal["epoch", "step"] = "step",
-        no_decay_1d: bool = False,
-        plot_queries: int = 6,
-        plot_top_k: int = 8,
         export_phi: bool = True,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(encoder, optimizer, lr_scheduler, lr_scheduler_interval, no_decay_1d, plot_queries, plot_top_k)
+        super().__init__(encoder=encoder, export_encoder=export_phi, **kwargs)
         self.phi = Phi(encoder.embed_dim, encoder.text_width, phi_hidden_dim, phi_dropout, phi_arch)
 
     def frozen_modules(self) -> list[nn.Module]:
         return [self.encoder]  # phi trains
+
+    def _with_placeholder(self, masked: Tensor) -> Tensor:
+        """Rows whose every ``$`` fell past the context length become ``"a photo of $"``. Shapes: (B, L)."""
+        lost = ~(masked == self.encoder.special_tokens.pseudo).any(dim=1)  # (B,)
+        if lost.any():
+            masked = masked.clone()
+            masked[lost] = self.encoder.tokenizer([FALLBACK])[0].to(masked.device)
+        return masked
 
     def compute_loss(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         with torch.no_grad():
             target = self.encoder.encode_text(batch["text"]).embedding.float()  # (B, D): e
         sigma = noise_std(target, self.hparams.noise_scale, self.hparams.noise_relative)
         tokens = self.phi(noisy_embeddings(target, sigma).to(self.dtype))  # (B, W)
-        predicted = self.encoder.encode_text(batch["masked"], pseudo_tokens=tokens).embedding  # (B, D)
+        masked = self._with_placeholder(batch["masked"])
+        predicted = self.encoder.encode_text(masked, pseudo_tokens=tokens).embedding  # (B, D)
         cos = F.cosine_similarity(predicted.detach().float(), target, dim=-1).mean()
         return {"loss": lincir_loss(predicted, target), "cos": cos, "noise_std": torch.tensor(sigma)}
 
@@ -83,12 +87,11 @@ class LinCIR(ComposedRetrievalModule):
                 "noise_scale": self.hparams.noise_scale, "noise_relative": self.hparams.noise_relative}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
         # phi on its own inside the Lightning checkpoint, so Phi.load reads a .ckpt as well
         checkpoint["phi"] = self.phi.checkpoint(**self.phi_metadata())
 
-    def on_fit_end(self) -> None:
-        out_dir = self.output_dir()  # a collective under DDP: every rank asks
-        if self.trainer.fast_dev_run or not self.hparams.export_phi or not self.trainer.is_global_zero:
-            return
-        path = self.phi.save(out_dir / "phi.pt", **self.phi_metadata())
+    def export(self, directory: Path) -> list[Path]:
+        path = self.phi.save(Path(directory) / "phi.pt", **self.phi_metadata())
         print(f"phi written to {path}")
+        return [path]

@@ -5,29 +5,29 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mmembed.nn.mlm import FIRST_SPECIAL_ID, MASK_ID, word_positions
+from mmembed.nn.mlm import word_positions
+from mmembed.types import SpecialTokens
 
-__all__ = ["FIRST_SPECIAL_ID", "MASK_ID", "augment_tokens"]
+__all__ = ["augment_tokens"]
 
 
 def augment_tokens(
     ids: Tensor,
-    p: float = 0.2,
-    mask_id: int = MASK_ID,
-    vocab_max: int = 49404,
+    p: float,
+    special: SpecialTokens,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """Randomly alter word tokens: mask (60%), replace by a random id (20%) or delete (20%).
 
-    Each word token (``0 < id < 49405``) is altered with probability ``p``. A deleted
+    Each word token (:func:`~mmembed.nn.mlm.word_positions`) is altered with probability ``p``. A deleted
     token is removed and later tokens shift left, with zero padding at the end, so
     SOT/EOT and the EOT-argmax pooling stay valid.
 
     Args:
         ids: Token ids (SOT ... EOT, zero padded).
         p: Probability that a word token is altered.
-        mask_id: Id written for a masked token.
-        vocab_max: Largest id a random replacement may take (ids drawn from ``[1, vocab_max]``).
+        special: The encoder's special ids: ``special.mask`` is written for a masked token and
+            random replacements are drawn from ``[1, special.max_word_id]``.
         generator: Optional torch generator for reproducibility.
 
     Returns:
@@ -38,7 +38,10 @@ def augment_tokens(
     """
     if p <= 0:
         return ids
-    word = word_positions(ids)  # (B, L)
+    mask_id, vocab_max = special.mask, special.max_word_id
+    if mask_id is None:
+        raise ValueError("caption augmentation needs a tokenizer with a mask token (special_tokens.mask is None)")
+    word = word_positions(ids, special)  # (B, L)
     u = torch.rand(ids.shape, generator=generator, device=ids.device)
     kind = torch.rand(ids.shape, generator=generator, device=ids.device)
     altered = word & (u < p)

@@ -21,16 +21,17 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import move_data_to_device
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from torch.utils.data import DataLoader, DistributedSampler
 
 from mmembed.distributed import gather_for_eval
 from mmembed.lit.embedding_module import EmbeddingModule
+from mmembed.nn.encoders.base import TokenEmbedder, require
 from mmembed.methods.rde import ccd as ccd_lib
 from mmembed.methods.rde import objective as obj
-from mmembed.methods.rde.augment import MASK_ID, augment_tokens
+from mmembed.methods.rde.augment import augment_tokens
 from mmembed.methods.rde.tse import TokenSelectionEmbedding
 
 Objective = Literal["tal", "trl", "trl_s", "info_nce", "sdm"]
@@ -66,11 +67,15 @@ class RDEModule(EmbeddingModule):
         bn_train_mode: Train with BatchNorm in train mode. The paper's runs trained in eval
             mode (the reference never switched back after CCD), hence the default False.
         text_aug_p: Probability that a caption token is masked, replaced or deleted (0 disables).
+        ccd_augment: The CCD pass reads the training split with the training augmentations, as
+            the reference does (False: eval transforms). Its loader comes from the datamodule
+            (:meth:`~mmembed.data.base.DataModule.train_pass_dataloader`).
         tse_lr: Learning rate of every TSE parameter.
         bias_lr_factor: Learning-rate multiplier for encoder parameters named ``*bias*``
             (which also get no weight decay).
-        optimizer, lr_scheduler, lr_scheduler_interval, ks, eval_chunk_size, plot_queries,
-        plot_top_k, export_encoder: See :class:`~mmembed.lit.embedding_module.EmbeddingModule`.
+        optimizer: Optimizer factory (RDE: Adam).
+        **kwargs: See :class:`~mmembed.lit.embedding_module.EmbeddingModule` and
+            :class:`~mmembed.lit.module.TrainModule`.
     """
 
     def __init__(
@@ -92,21 +97,13 @@ class RDEModule(EmbeddingModule):
         gmm_seed: int | None = None,
         bn_train_mode: bool = False,
         text_aug_p: float = 0.2,
+        ccd_augment: bool = True,
         tse_lr: float = 1e-3,
         bias_lr_factor: float = 2.0,
         optimizer: OptimizerCallable = torch.optim.Adam,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
-        ks: tuple[int, ...] = (1, 5, 10),
-        eval_chunk_size: int = 1024,
-        plot_queries: int = 8,
-        plot_top_k: int = 10,
-        export_encoder: bool = True,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            encoder, None, optimizer, lr_scheduler, lr_scheduler_interval, True, ks, eval_chunk_size,
-            plot_queries, plot_top_k, export_encoder,
-        )
+        super().__init__(encoder=require(encoder, TokenEmbedder, "RDEModule"), optimizer=optimizer, **kwargs)
         if ccd_forward_batches < 1:
             raise ValueError(f"ccd_forward_batches must be >= 1, got {ccd_forward_batches}")
         self.tse = TokenSelectionEmbedding(encoder.embed_dim, tse_dim, select_ratio) if use_tse else None
@@ -153,7 +150,7 @@ class RDEModule(EmbeddingModule):
         """
         ids = batch["text"]
         if self.hparams.text_aug_p > 0:
-            ids = augment_tokens(ids, self.hparams.text_aug_p, mask_id=MASK_ID)
+            ids = augment_tokens(ids, self.hparams.text_aug_p, self.encoder.special_tokens)
         img_b, txt_b, img_t, txt_t = self._dual_embeddings(batch["image"], ids)
         pids = batch["label"]
         n = int(pids.shape[0])
@@ -224,7 +221,7 @@ class RDEModule(EmbeddingModule):
     def on_train_epoch_start(self) -> None:
         h = self.hparams
         # ground-truth flags of the (possibly rebuilt) training set: logging and the oracle only
-        clean = getattr(self.trainer.train_dataloader.dataset, "clean", None)
+        clean = getattr(self._datamodule().train_dataset(), "clean", None)
         self._clean_flags = None if clean is None else np.asarray(clean, dtype=bool)
         if h.oracle_labels:
             if self._clean_flags is None:
@@ -250,8 +247,8 @@ class RDEModule(EmbeddingModule):
             when the training set has ground-truth clean flags, the precision / recall of the
             consensus labels and of each embedding's division.
         """
-        group = self.trainer.train_dataloader.batch_size
-        loader = self._ccd_loader(self.trainer.train_dataloader)
+        group = self._datamodule().batch_size
+        loader = self._ccd_loader()
         was_training = self.training
         self.eval()
         idx, lb, lt = [], [], []
@@ -298,41 +295,47 @@ class RDEModule(EmbeddingModule):
             self._train_seconds = time.perf_counter() - self._epoch_start
 
     def on_train_epoch_end(self) -> None:
+        super().on_train_epoch_end()
         # training time of the epoch, without the CCD pass and validation (CCD overhead = ccd / epoch seconds)
         seconds = self._train_seconds if self._train_seconds is not None else time.perf_counter() - self._epoch_start
         self.log("train/epoch_seconds", seconds, on_step=False, on_epoch=True)
 
-    def _ccd_loader(self, train_loader: DataLoader) -> DataLoader:
-        """A shuffled loader over the training set (all samples, this rank's shard), built once.
+    def _datamodule(self) -> Any:
+        datamodule = self.trainer.datamodule
+        if datamodule is None or not hasattr(datamodule, "train_pass_dataloader"):
+            raise ValueError("RDE needs an mmembed datamodule (mmembed.data.base.DataModule: CCD reads the training "
+                             "split through its train_pass_dataloader); pass datamodule= to trainer.fit")
+        return datamodule
 
-        The trainer's own loader must not be iterated here: with persistent workers its
-        iterator is shared, and consuming it would empty the coming epoch. This loader keeps
-        its own persistent workers, so CCD does not pay worker start-up every epoch.
+    def _ccd_loader(self) -> DataLoader:
+        """The datamodule's extra pass over the training split (shuffled, every sample, this rank's
+        shard, ``ccd_forward_batches`` training batches per forward), built once per training set.
+
+        The trainer's own loader must not be iterated here: with persistent workers its iterator is
+        shared, and consuming it would empty the coming epoch.
         """
-        dataset = train_loader.dataset
+        datamodule = self._datamodule()
+        dataset = datamodule.train_dataset()
         cached = getattr(self, "_ccd_loader_cache", None)
         if cached is None or cached.dataset is not dataset:
-            world = self.trainer.world_size
-            sampler = (DistributedSampler(dataset, world, self.global_rank, shuffle=True)
-                       if world > 1 else RandomSampler(dataset))
-            batch = train_loader.batch_size * self.hparams.ccd_forward_batches
-            cached = DataLoader(dataset, batch_size=batch, sampler=sampler,
-                                num_workers=train_loader.num_workers, collate_fn=train_loader.collate_fn,
-                                pin_memory=train_loader.pin_memory,
-                                persistent_workers=train_loader.num_workers > 0)
+            batch = datamodule.batch_size * self.hparams.ccd_forward_batches
+            cached = datamodule.train_pass_dataloader(batch, augment=self.hparams.ccd_augment, shuffle=True,
+                                                      rank=self.global_rank, world_size=self.trainer.world_size)
             self._ccd_loader_cache = cached
         if isinstance(cached.sampler, DistributedSampler):
             cached.sampler.set_epoch(self.current_epoch)
         return cached
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
         checkpoint["rde_ccd_labels"] = self.ccd_labels.detach().cpu()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
         self.ccd_labels = checkpoint.get("rde_ccd_labels", torch.ones(0))
 
     # --------------------------------------------------------------- optimiser
-    def configure_optimizers(self) -> Any:
+    def param_groups(self) -> list[dict[str, Any]]:
         """Parameter groups of the reference: encoder weights at the base lr, encoder biases at
         ``bias_lr_factor`` x lr without weight decay, every TSE parameter at ``tse_lr`` (biases
         without weight decay)."""
@@ -341,10 +344,9 @@ class RDEModule(EmbeddingModule):
             if p.requires_grad:
                 groups[("tse" if name.startswith("tse.") else "enc") + ("_b" if "bias" in name else "_w")].append(p)
         h = self.hparams
-        spec = [
+        return [
             {"params": groups["enc_w"]},
             {"params": groups["enc_b"], "weight_decay": 0.0, "lr_factor": h.bias_lr_factor},
             {"params": groups["tse_w"], "lr": h.tse_lr},
             {"params": groups["tse_b"], "lr": h.tse_lr, "weight_decay": 0.0},
         ]
-        return self.optimize_groups(spec)

@@ -5,15 +5,12 @@ plus the CIR benchmark that validates the tuned encoder.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from mmembed.data.cir import PROMPT
-from mmembed.data.cir_datamodule import Benchmark, CIRDataModule, read_caption_records
+from mmembed.data.cir_datamodule import CIRDataModule, read_caption_records
 from mmembed.data.errors import DatasetFormatError
 from mmembed.methods.rtd.triplets import (
     TextTriplet,
@@ -21,13 +18,13 @@ from mmembed.methods.rtd.triplets import (
     load_triplets,
     rule_triplets,
 )
-from mmembed.types import Processor
 
 __all__ = ["TripletDataModule"]
 
 
 class _Triplets(Dataset):
-    """RTD items: the three strings of a triplet (the module tokenises; the batch is lists of strings)."""
+    """RTD items: the three strings of a triplet (not tokenised at collate: the batch holds lists of
+    strings, from which the module builds its refined prompts)."""
 
     def __init__(self, triplets: list[TextTriplet]) -> None:
         self.triplets = triplets
@@ -69,8 +66,7 @@ class TripletDataModule(CIRDataModule):
             ``{kind: [[values], [templates]]}``.
         per_caption: Rule triplets drawn per caption.
         seed: Seed of the rule draws.
-        benchmark, root, val_subset, test_subset, categories, image_root, prompt, batch_size,
-        eval_batch_size, num_workers, pin_memory, processor: See :class:`~mmembed.data.cir_datamodule.CIRDataModule`.
+        **kwargs: Benchmark and loader options of :class:`~mmembed.data.cir_datamodule.CIRDataModule`.
 
     Shapes:
         train batch: reference, conditioning, target (lists of B strings), index (B,).
@@ -85,21 +81,9 @@ class TripletDataModule(CIRDataModule):
         vocabulary: str | None = None,
         per_caption: int = 4,
         seed: int = 0,
-        benchmark: Benchmark = "cirr",
-        root: str | None = None,
-        val_subset: str = "val",
-        test_subset: str = "test1",
-        categories: Sequence[str] = ("dress", "shirt", "toptee"),
-        image_root: str | None = None,
-        prompt: str = PROMPT,
-        batch_size: int = 64,
-        eval_batch_size: int = 256,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        processor: Processor | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(benchmark, root, val_subset, test_subset, categories, image_root, prompt, batch_size,
-                         eval_batch_size, num_workers, pin_memory, processor)
+        super().__init__(**kwargs)
         if triplets is None and captions is None:
             raise ValueError("give data.init_args.triplets (official JSON) or captions (rule-based triplets)")
         self.triplet_files, self.caption_files, self.text_col = triplets, captions, text_col
@@ -126,12 +110,3 @@ class TripletDataModule(CIRDataModule):
 
     def build_train_dataset(self) -> Dataset:
         return _Triplets(self.triplets())
-
-    def _loader(self, dataset: Dataset, train: bool, collate_fn: Any = None) -> DataLoader:
-        # training batches keep the strings as lists (the module tokenises)
-        return super()._loader(dataset, train, _collate_strings if train else collate_fn)
-
-
-def _collate_strings(items: list[dict[str, Any]]) -> dict[str, Any]:
-    return {key: (torch.tensor([it[key] for it in items]) if key == "index" else [it[key] for it in items])
-            for key in items[0]}

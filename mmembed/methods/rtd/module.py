@@ -14,34 +14,21 @@ References:
 
 from __future__ import annotations
 
-import copy
-from typing import Any, Literal
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from mmembed.data.cir import PROMPT
 from mmembed.lit.cir_module import ComposedRetrievalModule
 from mmembed.methods.rtd.objective import rtd_loss
+from mmembed.methods.rtd.prompts import rtd_pairs
 from mmembed.methods.rtd.triplets import TextTriplet
-from mmembed.nn.phi import Phi
+from mmembed.nn.phi import Phi, noise_std, noisy_embeddings
 
-__all__ = ["RTD", "text_copy"]
-
-
-def text_copy(encoder: nn.Module) -> nn.Module:
-    """A deep copy of an :class:`OpenCLIPDualEncoder` without its image tower (text side only).
-
-    The image tower is swapped out during the copy, so it is never duplicated in memory.
-    """
-    visual = encoder.model.visual
-    encoder.model.visual = nn.Identity()
-    try:
-        clone = copy.deepcopy(encoder)
-    finally:
-        encoder.model.visual = visual
-    return clone
+__all__ = ["RTD"]
 
 
 class RTD(ComposedRetrievalModule):
@@ -49,7 +36,8 @@ class RTD(ComposedRetrievalModule):
 
     Args:
         encoder: :class:`~mmembed.nn.encoders.open_clip.OpenCLIPDualEncoder`: frozen image tower and
-            the frozen anchor text tower; the trainable query tower starts as a copy of it.
+            the frozen anchor text tower; the trainable query tower starts as a copy of it
+            (``encoder.text_copy(trainable=True)``).
         phi_checkpoint: The base method's phi (``phi.pt`` from LinCIR, or its ``.ckpt``).
         noise_scale: Noise on the reference caption embedding before phi (RTD: 0.5, absolute).
         noise_relative: Read ``noise_scale`` relative to the embeddings' mean norm.
@@ -57,10 +45,9 @@ class RTD(ComposedRetrievalModule):
         frozen_anchor: Anchors from the frozen text tower (RTD). ``False`` is the paper's "no
             anchor" ablation: the trainable tower encodes the anchors too, with gradient.
         prompt: Composed-query prompt (training and evaluation).
-        optimizer, lr_scheduler, lr_scheduler_interval, no_decay_1d, plot_queries, plot_top_k:
-            See :class:`~mmembed.lit.cir_module.ComposedRetrievalModule` (RTD: AdamW, lr 1e-5,
-            weight decay 0.01 on every parameter, constant learning rate, 2000 steps).
-        export_encoder: Export the tuned query encoder after ``fit``.
+        **kwargs: See :class:`~mmembed.lit.cir_module.ComposedRetrievalModule` (RTD: AdamW, lr 1e-5,
+            weight decay 0.01 on every parameter, constant learning rate, 2000 steps);
+            ``export_encoder`` exports the tuned query encoder after ``fit``.
 
     Shapes:
         batch: B triplets -> 2B (query, anchor) pairs -> loss ().
@@ -75,16 +62,9 @@ class RTD(ComposedRetrievalModule):
         temperature: float = 0.07,
         frozen_anchor: bool = True,
         prompt: str = PROMPT,
-        optimizer: OptimizerCallable = torch.optim.AdamW,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        lr_scheduler_interval: Literal["epoch", "step"] = "step",
-        no_decay_1d: bool = False,
-        plot_queries: int = 6,
-        plot_top_k: int = 8,
-        export_encoder: bool = True,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(encoder, optimizer, lr_scheduler, lr_scheduler_interval, no_decay_1d, plot_queries, plot_top_k)
-        self.hparams.export_encoder = export_encoder
+        super().__init__(encoder=encoder, **kwargs)
         if phi_checkpoint is None:
             raise ValueError("RTD tunes the text encoder for a trained projection: set model.init_args.phi_checkpoint "
                              "to the phi.pt that LinCIR wrote into its run folder")
@@ -94,37 +74,56 @@ class RTD(ComposedRetrievalModule):
                              f"encoder has embed_dim {encoder.embed_dim} and text width {encoder.text_width}: "
                              "phi was trained for another CLIP")
         self.phi.requires_grad_(False).eval()
-        self.query_encoder = text_copy(encoder)
-        self.query_encoder.requires_grad_(True)
-        for name in ("logit_scale", "logit_bias"):  # unused by text encoding
-            if isinstance(getattr(self.query_encoder.model, name, None), nn.Parameter):
-                getattr(self.query_encoder.model, name).requires_grad_(False)
+        self.query_encoder = encoder.text_copy(trainable=True)
 
     def query_text_encoder(self) -> nn.Module:
         return self.query_encoder
 
-    def compute_loss(self, batch: dict[str, Any]) -> dict[str, Tensor]:
-        triplets = [TextTriplet(*t) for t in zip(batch["reference"], batch["conditioning"], batch["target"],
-                                                 strict=True)]
-        anchor = self.encoder if self.hparams.frozen_anchor else self.query_encoder
-        loss = rtd_loss(self.query_encoder, anchor, self.phi, triplets, self.hparams.noise_scale,
-                        self.hparams.temperature, self.hparams.prompt, noise_relative=self.hparams.noise_relative)
-        return {"loss": loss}
+    @staticmethod
+    def triplets_of(batch: dict[str, Any]) -> list[TextTriplet]:
+        """The batch's triplets (lists of strings under ``reference``, ``conditioning``, ``target``)."""
+        return [TextTriplet(*t) for t in zip(batch["reference"], batch["conditioning"], batch["target"], strict=True)]
 
-    def export_query_encoder(self, directory: Any) -> tuple[Any, Any]:
-        """Write the query-side open_clip model: the tuned text tower with the frozen image tower.
+    def encode_triplets(self, triplets: Sequence[TextTriplet],
+                        generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """Anchors and refined queries of one batch (Sec. 4.7 of the specification).
 
-        Returns:
-            ``(weights_path, config_path)``.
+        The anchor encoder (frozen, no gradient; the query encoder itself when ``frozen_anchor`` is
+        False) encodes ``[targets; references]``; phi (frozen, eval mode) maps the noisy reference
+        embeddings to pseudo tokens; the query encoder encodes the 2B refined prompts with them.
+
+        Raises:
+            ValueError: If phi or the frozen anchor encoder is in training mode.
+
+        Shapes:
+            B triplets -> anchors (2B, D), queries (2B, D).
         """
-        merged = text_copy(self.query_encoder)
-        merged.model.visual = self.encoder.model.visual  # shared, not copied
-        return merged.export(directory, stem="open_clip_query")
+        h = self.hparams
+        anchor_encoder = self.encoder if h.frozen_anchor else self.query_encoder
+        for name, module in (("phi", self.phi), ("anchor_encoder", self.encoder if h.frozen_anchor else None)):
+            if module is not None and module.training:
+                raise ValueError(f"{name} must be in eval mode (frozen; dropout off): call .eval() on it")
+        tokenizer = self.encoder.tokenizer
+        queries, anchors_text, rows = rtd_pairs(triplets, h.prompt)
+        b = len(triplets)
+        with torch.set_grad_enabled(not h.frozen_anchor and torch.is_grad_enabled()):
+            anchors = anchor_encoder.encode_text(tokenizer(anchors_text).to(self.device)).embedding  # (2B, D): T_t, T_r
+        with torch.no_grad():
+            reference = anchors[b:].detach()  # e_r: the raw reference-caption embeddings
+            sigma = noise_std(reference, h.noise_scale, h.noise_relative)
+            tokens = self.phi(noisy_embeddings(reference, sigma, generator))  # (B, W)
+        q = self.query_encoder.encode_text(tokenizer(queries).to(self.device), pseudo_tokens=tokens[rows]).embedding
+        return anchors, q
 
-    def on_fit_end(self) -> None:
-        out_dir = self.output_dir()  # a collective under DDP: every rank asks
-        if self.trainer.fast_dev_run or not self.hparams.export_encoder or not self.trainer.is_global_zero:
-            return
-        weights, _ = self.export_query_encoder(out_dir)
-        self.phi.save(out_dir / "phi.pt", method="rtd-base", source=self.hparams.phi_checkpoint)
-        print(f"query encoder exported as a plain open_clip state dict: {weights} (phi copied to {out_dir / 'phi.pt'})")
+    def compute_loss(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        anchors, queries = self.encode_triplets(self.triplets_of(batch))
+        return {"loss": rtd_loss(anchors, queries, self.hparams.temperature)}
+
+    def export(self, directory: Path) -> list[Path]:
+        """Write the query-side open_clip model (the tuned text tower with the frozen image tower) as
+        ``open_clip_query_model.pt`` / ``open_clip_query_config.json``, and a copy of phi."""
+        directory = Path(directory)
+        weights, config = self.encoder.export(directory, stem="open_clip_query", text_from=self.query_encoder)
+        phi = self.phi.save(directory / "phi.pt", method="rtd-base", source=self.hparams.phi_checkpoint)
+        print(f"query encoder exported as a plain open_clip state dict: {weights} (phi copied to {phi})")
+        return [weights, config, phi]

@@ -20,7 +20,12 @@ from mmembed.nn.encoders.transforms import (
     TrainAugment,
     build_image_transforms,
 )
-from mmembed.types import PSEUDO_TOKEN_ID, EmbeddingOutput, Processor
+from mmembed.types import EmbeddingOutput, Processor, SpecialTokens
+
+# CLIP's BPE (open_clip.SimpleTokenizer): the only place these numbers are spelled.
+_CLIP_PAD, _CLIP_SOT, _CLIP_EOT = 0, 49406, 49407
+_CLIP_REPURPOSED_MASK = 49405  # the last merge, repurposed as <|mask|> (IRRA's convention)
+_CLIP_PSEUDO = 259  # a stand-alone "$" ("$</w>"): the pseudo-word slot of composed queries
 
 
 def _run_block(block: nn.Module, x: Tensor, attn_mask: Tensor | None, need_weights: bool) -> tuple[Tensor, Tensor | None]:
@@ -104,10 +109,7 @@ class OpenCLIPDualEncoder(nn.Module):
             self.model = open_clip.CustomTextCLIP(**build_cfg)
         else:
             self.model = open_clip.CLIP(**build_cfg)
-        # Temperatures belong to the loss modules; open_clip's own scalars stay frozen (and unused).
-        for name in ("logit_scale", "logit_bias"):
-            if isinstance(getattr(self.model, name, None), nn.Parameter):
-                getattr(self.model, name).requires_grad_(False)
+        self._freeze_unused_scalars()
         size = cfg["vision_cfg"].get("image_size", 224)
         self.image_size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
         trunk = getattr(self.model.visual, "trunk", None)
@@ -144,8 +146,15 @@ class OpenCLIPDualEncoder(nn.Module):
                 "Check model_name/model_config, or pass strict: false to load what matches."
             )
 
-    def export(self, directory: str | Path, stem: str = "open_clip") -> tuple[Path, Path]:
+    def export(self, directory: str | Path, stem: str = "open_clip",
+               text_from: OpenCLIPDualEncoder | None = None) -> tuple[Path, Path]:
         """Save a plain open_clip state dict and the config it was built from.
+
+        Args:
+            directory: Target folder.
+            stem: File name stem.
+            text_from: Take the text tower's weights from this encoder (a tuned copy made by
+                :meth:`text_copy`); the image tower stays this encoder's.
 
         Returns:
             ``(weights_path, config_path)``: ``<stem>_model.pt`` and ``<stem>_config.json``.
@@ -154,6 +163,8 @@ class OpenCLIPDualEncoder(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         weights, config = directory / f"{stem}_model.pt", directory / f"{stem}_config.json"
         sd = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        if text_from is not None:
+            sd.update({k: v.detach().cpu() for k, v in text_from.model.state_dict().items() if not k.startswith("visual.")})
         if self.export_vocab is not None:  # drop the train-only <mask> row(s)
             for key in ("token_embedding.weight", "text.token_embedding.weight"):
                 if key in sd:
@@ -175,14 +186,14 @@ class OpenCLIPDualEncoder(nn.Module):
         Returns:
             The mask token id.
         """
-        tower = getattr(self.model, "text", self.model)
+        tower = self.text_tower
         if getattr(tower, "cls_emb", None) is not None or not hasattr(tower, "token_embedding"):
             raise NotImplementedError("a <mask> token needs a CLIP-style text transformer")
         if self.export_vocab is not None:
             return self.export_vocab
         old = tower.token_embedding
         vocab, width = old.weight.shape
-        eos_id = 49407
+        eos_id = _CLIP_EOT
         new = nn.Embedding(vocab + 1, width).to(old.weight.device, old.weight.dtype)
         with torch.no_grad():
             new.weight[:vocab] = old.weight
@@ -203,7 +214,66 @@ class OpenCLIPDualEncoder(nn.Module):
         train_tf, eval_tf = build_image_transforms(
             self.image_size, self.image_mean, self.image_std, train_augment=self.train_augment
         )
-        return Processor(train_tf, eval_tf, self.tokenizer, extras={"context_length": self.context_length})
+        return Processor(train_tf, eval_tf, self.tokenizer, extras={"context_length": self.context_length},
+                         special_tokens=self.special_tokens)
+
+    @property
+    def special_tokens(self) -> SpecialTokens:
+        """CLIP BPE's special ids by name. ``mask`` is the added ``<mask>`` row after
+        :meth:`add_mask_token`, else the repurposed last merge (IRRA's convention)."""
+        if self.config["text_cfg"].get("hf_tokenizer_name"):
+            raise NotImplementedError("special_tokens are defined for open_clip's CLIP BPE tokenizer only")
+        vocab = int(self.text_tower.token_embedding.weight.shape[0])
+        mask = self.export_vocab if self.export_vocab is not None else _CLIP_REPURPOSED_MASK
+        return SpecialTokens(pad=_CLIP_PAD, sot=_CLIP_SOT, eot=_CLIP_EOT, mask=mask, pseudo=_CLIP_PSEUDO,
+                             first_special=_CLIP_REPURPOSED_MASK, vocab_size=vocab)
+
+    @property
+    def text_tower(self) -> nn.Module:
+        """open_clip's text transformer (``CustomTextCLIP`` keeps it in ``.text``, ``CLIP`` is it)."""
+        return getattr(self.model, "text", self.model)
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """Image tokens ahead of the patches: open_clip ViTs have a class token; timm towers say how many."""
+        visual = self.model.visual
+        return int(getattr(visual.trunk, "num_prefix_tokens", 0)) if hasattr(visual, "trunk") else 1
+
+    def encode(self, batch: dict[str, Any], side: str) -> Tensor:
+        """Global embeddings of one side of a batch (the :class:`~mmembed.nn.encoders.base.Embedder` call).
+
+        Shapes:
+            batch["image"] (B, 3, H, W) or batch["text"] (B, L) -> (B, D).
+        """
+        if side == "image":
+            return self.model.encode_image(batch["image"])
+        if side == "text":
+            return self.model.encode_text(batch["text"])
+        raise ValueError(f"side must be 'image' or 'text', got {side!r}")
+
+    def _freeze_unused_scalars(self) -> None:
+        # Temperatures belong to the loss modules; open_clip's own scalars stay frozen (and unused).
+        for name in ("logit_scale", "logit_bias"):
+            if isinstance(getattr(self.model, name, None), nn.Parameter):
+                getattr(self.model, name).requires_grad_(False)
+
+    def text_copy(self, trainable: bool = False) -> OpenCLIPDualEncoder:
+        """A deep copy without the image tower (text side only; the tower is never duplicated in memory).
+
+        Args:
+            trainable: Make every text weight of the copy trainable (open_clip's unused logit
+                scalars stay frozen); False keeps the original's ``requires_grad`` flags.
+        """
+        visual = self.model.visual
+        self.model.visual = nn.Identity()
+        try:
+            clone = copy.deepcopy(self)
+        finally:
+            self.model.visual = visual
+        if trainable:
+            clone.requires_grad_(True)
+            clone._freeze_unused_scalars()
+        return clone
 
     @property
     def tokenizer(self) -> Any:
@@ -222,8 +292,7 @@ class OpenCLIPDualEncoder(nn.Module):
     @property
     def text_width(self) -> int:
         """Width W of the text tower's token embedding (a pseudo token's size)."""
-        tower = getattr(self.model, "text", self.model)
-        return int(tower.token_embedding.weight.shape[1])
+        return int(self.text_tower.token_embedding.weight.shape[1])
 
     # ------------------------------------------------------------------- images
     def encode_image(self, images: Tensor, return_tokens: bool = False, return_attention: bool = False,
@@ -307,7 +376,7 @@ class OpenCLIPDualEncoder(nn.Module):
 
     # --------------------------------------------------------------------- text
     def encode_text(self, text: Tensor, return_tokens: bool = False, return_attention: bool = False,
-                    pseudo_tokens: Tensor | None = None, pseudo_token_id: int = PSEUDO_TOKEN_ID) -> EmbeddingOutput:
+                    pseudo_tokens: Tensor | None = None, pseudo_token_id: int | None = None) -> EmbeddingOutput:
         """Encode token ids, optionally with pseudo-word tokens written into the input.
 
         Args:
@@ -319,8 +388,8 @@ class OpenCLIPDualEncoder(nn.Module):
                 projection of an image). It replaces the token embedding at every position whose
                 id is ``pseudo_token_id`` before the positional embedding is added; the rest of the
                 pass (causal mask, final norm, EOT pooling, projection) is unchanged.
-            pseudo_token_id: The placeholder id: 259 is a stand-alone ``$`` in CLIP's BPE
-                (``"a photo of $ that is red"``).
+            pseudo_token_id: The placeholder id (None: ``special_tokens.pseudo``, a stand-alone
+                ``$`` in CLIP's BPE: ``"a photo of $ that is red"``).
 
         Returns:
             :class:`EmbeddingOutput` (embedding not normalised).
@@ -334,7 +403,7 @@ class OpenCLIPDualEncoder(nn.Module):
         """
         if not (return_tokens or return_attention or pseudo_tokens is not None):
             return EmbeddingOutput(self.model.encode_text(text))
-        tower = getattr(self.model, "text", self.model)  # CustomTextCLIP keeps a TextTransformer
+        tower = self.text_tower
         if getattr(tower, "cls_emb", None) is not None or not hasattr(tower, "token_embedding"):
             raise NotImplementedError("per-token text outputs and pseudo tokens need a CLIP-style text transformer")
         import open_clip.transformer as oct
@@ -343,6 +412,7 @@ class OpenCLIPDualEncoder(nn.Module):
         seq_len = text.shape[1]
         x = tower.token_embedding(text)  # (B, L, C)
         if pseudo_tokens is not None:
+            pseudo_token_id = self.special_tokens.pseudo if pseudo_token_id is None else pseudo_token_id
             slot = text == pseudo_token_id  # (B, L)
             if pseudo_tokens.shape != (text.shape[0], x.shape[-1]):
                 raise ValueError(f"pseudo_tokens must be (batch, text width) = {(text.shape[0], x.shape[-1])}, "

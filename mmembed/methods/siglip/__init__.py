@@ -1,0 +1,1 @@
+"""SigLIP: image-text training with the pairwise sigmoid loss."""
