@@ -7,7 +7,7 @@ in-memory batches (``num_workers=0``, no shuffling; only the default collate run
 
 Variants:
     plain          for batch in loader: compute_loss, zero_grad(set_to_none), backward, step,
-                   then ``module.on_before_zero_grad(opt)`` (the LogitScale clamp)
+                   then ``module.after_optimizer_step()`` (the LogitScale clamp)
     lightning      ``Trainer(logger=False, ...).fit``; ``training_step`` still calls ``self.log``
     lightning+csv  as above with a CSVLogger (``log_every_n_steps=10`` as in the quickstart)
 
@@ -18,9 +18,8 @@ setup/teardown of ``fit`` are excluded. Per run we keep the median step and the 
 steps); each variant runs ``--repeats`` times in alternating order and the median over runs is
 reported. The headline ratio uses the medians (robust to other processes stealing the CPU).
 
-Lightning calls the clamp inside the closure (after the forward, before zero_grad), the plain loop
-after ``opt.step()``; the sequences differ only by a clamp before the first update and after the
-last one, both no-ops while the scale is below its ceiling, so the losses must agree.
+Both loops clamp right after every ``opt.step()`` (Lightning through ``TrainModule.optimizer_step``),
+so the losses must agree.
 
 Usage:
     python scripts/bench_train_step.py --steps 60 --batch-size 64 --threads 2 --repeats 3
@@ -113,7 +112,7 @@ def run_plain(dataset: Dataset, batch_size: int) -> tuple[list[float], list[floa
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()
         opt.step()
-        module.on_before_zero_grad(opt)  # the module's LogitScale clamp
+        module.after_optimizer_step()  # the module's LogitScale clamp (and EMA, when on)
         losses.append(out["loss"].detach())
         ends.append(time.perf_counter())
     return ends, [float(x) for x in losses]
