@@ -20,7 +20,7 @@ from mmembed.types import Processor
 
 Split = Literal["train", "val", "test"]
 
-__all__ = ["CaptionQueries", "DataModule", "RetrievalDataModule", "Split"]
+__all__ = ["CaptionQueries", "DataModule", "ImageGallery", "Records", "RetrievalDataModule", "Split"]
 
 
 class DataModule(pl.LightningDataModule):
@@ -180,7 +180,31 @@ class RetrievalDataModule(DataModule):
         return self._eval_loaders(self.predict_split)
 
 
-class CaptionQueries(Dataset):
+class Records(Dataset):
+    """Raw items from parallel columns: ``Records(text=texts, label=labels)[i]`` is
+    ``{"text": texts[i], "label": labels[i], "index": i}``.
+
+    Args:
+        **columns: Equal-length sequences, one per item key.
+
+    Raises:
+        ValueError: If the columns differ in length.
+    """
+
+    def __init__(self, **columns: Any) -> None:
+        sizes = {name: len(values) for name, values in columns.items()}
+        if not sizes or len(set(sizes.values())) != 1:
+            raise ValueError(f"Records needs columns of one length, got {sizes}")
+        self.columns = columns
+
+    def __len__(self) -> int:
+        return len(next(iter(self.columns.values())))
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {**{name: values[i] for name, values in self.columns.items()}, "index": i}
+
+
+class CaptionQueries(Records):
     """Evaluation queries: every caption once, with its label. Attribute ``texts`` keeps the strings.
 
     Shapes:
@@ -188,10 +212,17 @@ class CaptionQueries(Dataset):
     """
 
     def __init__(self, texts: list[str], labels: list[int]) -> None:
+        super().__init__(text=texts, label=labels)
         self.texts, self.labels = texts, labels
 
-    def __len__(self) -> int:
-        return len(self.texts)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return {"text": self.texts[i], "label": self.labels[i], "index": i}
+class ImageGallery(Records):
+    """Evaluation gallery: every image once, with its label. Attribute ``image_paths`` keeps the files.
+
+    Shapes:
+        item: image (a path or reference; loaded and transformed at collate), label, index.
+    """
+
+    def __init__(self, image_paths: list[Any], labels: list[int]) -> None:
+        super().__init__(image=image_paths, label=labels)
+        self.image_paths, self.labels = image_paths, labels

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from torch.utils.data import DataLoader, Dataset
 
-from mmembed.data.base import DataModule
+from mmembed.data.base import DataModule, Records
 from mmembed.data.cir import (
     PROMPT,
     CIRSplit,
@@ -39,18 +39,13 @@ __all__ = ["CIRDataModule", "CIRGallery", "CIRQueries", "read_caption_records", 
 Benchmark = Literal["cirr", "fashioniq", "circo", "genecis"]
 
 
-class CIRGallery(Dataset):
+class CIRGallery(Records):
     """A query set's gallery images. Shapes: item image (a path; loaded at collate), index."""
 
     def __init__(self, name: str, split: CIRSplit) -> None:
         self.name, self.split = name, split
         self.image_paths = [str(p) for p in split.gallery_paths]
-
-    def __len__(self) -> int:
-        return len(self.image_paths)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return {"image": self.image_paths[i], "index": i}
+        super().__init__(image=self.image_paths)
 
 
 class CIRQueries(Dataset):

@@ -26,7 +26,7 @@ from typing import Any
 from PIL import Image
 from torch.utils.data import Dataset
 
-from mmembed.data.base import CaptionQueries, RetrievalDataModule, Split
+from mmembed.data.base import CaptionQueries, ImageGallery, Records, RetrievalDataModule, Split
 from mmembed.data.errors import DatasetFormatError, describe_offenders
 
 __all__ = ["ImageRef", "ImageTextDataModule", "read_image_text"]
@@ -146,29 +146,6 @@ def read_image_text(
     return samples
 
 
-class _Pairs(Dataset):
-    def __init__(self, samples: list[tuple[ImageRef, str]], labels: list[int]) -> None:
-        self.samples, self.labels = samples, labels
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        ref, text = self.samples[i]
-        return {"image": ref, "text": text, "label": self.labels[i], "index": i}
-
-
-class _Gallery(Dataset):
-    def __init__(self, refs: list[ImageRef]) -> None:
-        self.refs, self.labels = refs, list(range(len(refs)))
-
-    def __len__(self) -> int:
-        return len(self.refs)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return {"image": self.refs[i], "label": i, "index": i}
-
-
 def _image_ids(samples: list[tuple[ImageRef, str]]) -> tuple[list[int], list[ImageRef]]:
     """Label each sample by its distinct image (first-seen order). -> labels, distinct images."""
     ids: dict[ImageRef, int] = {}
@@ -224,9 +201,9 @@ class ImageTextDataModule(RetrievalDataModule):
     def build_train_dataset(self) -> Dataset:
         samples = self.samples("train")
         labels, _ = _image_ids(samples)
-        return _Pairs(samples, labels)
+        return Records(image=[ref for ref, _ in samples], text=[t for _, t in samples], label=labels)
 
     def build_eval_datasets(self, split: Split) -> tuple[Dataset, Dataset]:
         samples = self.samples(split)
         labels, images = _image_ids(samples)
-        return CaptionQueries([t for _, t in samples], labels), _Gallery(images)
+        return CaptionQueries([t for _, t in samples], labels), ImageGallery(images, list(range(len(images))))

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import numpy as np
 from torch.utils.data import Dataset
 
-from mmembed.data.base import CaptionQueries, RetrievalDataModule, Split
+from mmembed.data.base import CaptionQueries, ImageGallery, RetrievalDataModule, Split
 from mmembed.data.errors import DatasetFormatError, describe_offenders
 
 Flavour = Literal["CUHK-PEDES", "ICFG-PEDES", "RSTPReid"]
@@ -152,19 +152,6 @@ class PedesPairs(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         return {"image": self.image_paths[i], "text": self.captions[i], "label": self.labels[i], "index": i}
-
-
-class ImageGallery(Dataset):
-    """Evaluation gallery: every image once. Attribute ``image_paths`` keeps the files."""
-
-    def __init__(self, image_paths: list[Path], labels: list[int]) -> None:
-        self.image_paths, self.labels = image_paths, labels
-
-    def __len__(self) -> int:
-        return len(self.image_paths)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return {"image": self.image_paths[i], "label": self.labels[i], "index": i}
 
 
 class PedesDataModule(RetrievalDataModule):

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from mmembed.eval.cir import CIREvaluator
 from mmembed.eval.visualize import RankedExamples
 from mmembed.lit.embedding_module import EmbeddingModule
-from mmembed.nn.encoders.base import TokenEmbedder, require
+from mmembed.nn.encoders.base import TokenEmbedder
 
 __all__ = ["ComposedRetrievalModule"]
 
@@ -51,6 +51,7 @@ class ComposedRetrievalModule(EmbeddingModule):
     """
 
     phi: nn.Module
+    encoder_protocol = TokenEmbedder
 
     def __init__(
         self,
@@ -62,7 +63,7 @@ class ComposedRetrievalModule(EmbeddingModule):
         export_encoder: bool = True,
         **kwargs: Any,
     ) -> None:
-        super().__init__(encoder=require(encoder, TokenEmbedder, type(self).__name__), loss=None,
+        super().__init__(encoder=encoder, loss=None,
                          lr_scheduler_interval=lr_scheduler_interval, no_decay_1d=no_decay_1d,
                          plot_queries=plot_queries, plot_top_k=plot_top_k, export_encoder=export_encoder, **kwargs)
         self.encoder.requires_grad_(False)

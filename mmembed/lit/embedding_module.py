@@ -45,7 +45,14 @@ class EmbeddingModule(TrainModule):
             dict + config) into the run folder (:class:`~mmembed.lit.callbacks.ExportArtifacts`).
         **kwargs: Optimisation and EMA options of :class:`~mmembed.lit.module.TrainModule`
             (``optimizer``, ``lr_scheduler``, ``lr_scheduler_interval``, ``no_decay_1d``, ``ema_decay``, ``ema_eval``).
+
+    Attributes:
+        encoder_protocol: What the encoder must offer (checked at construction with a readable error):
+            :class:`~mmembed.nn.encoders.base.Embedder` here; methods that need token-level access set
+            :class:`~mmembed.nn.encoders.base.TokenEmbedder`.
     """
+
+    encoder_protocol: type = Embedder
 
     def __init__(
         self,
@@ -59,8 +66,10 @@ class EmbeddingModule(TrainModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.encoder = require(encoder, Embedder, type(self).__name__)
+        self.encoder = require(encoder, self.encoder_protocol, type(self).__name__)
         self.loss = loss
+        self.ks, self.eval_chunk_size = tuple(ks), eval_chunk_size
+        self.plot_queries, self.plot_top_k, self.export_encoder = plot_queries, plot_top_k, export_encoder
         self.evaluators: dict[str, RetrievalEvaluator] = {}  # one per embedding view; "" is the main one
 
     # ------------------------------------------------------------------ inputs
@@ -73,9 +82,9 @@ class EmbeddingModule(TrainModule):
         from mmembed.lit.callbacks import ExportArtifacts, RankedResults
 
         callbacks: list[pl.Callback] = []
-        if self.hparams.get("plot_queries", 0) > 0:
-            callbacks.append(RankedResults(self.hparams.plot_queries, self.hparams.plot_top_k))
-        if self.hparams.get("export_encoder", False):
+        if self.plot_queries > 0:
+            callbacks.append(RankedResults(self.plot_queries, self.plot_top_k))
+        if self.export_encoder:
             callbacks.append(ExportArtifacts())
         return callbacks
 
@@ -128,7 +137,7 @@ class EmbeddingModule(TrainModule):
         side = "query" if dataloader_idx == 0 else "gallery"
         for name, emb in self._views(batch, side).items():
             if name not in self.evaluators:
-                self.evaluators[name] = RetrievalEvaluator(self.hparams.ks, self.hparams.eval_chunk_size)
+                self.evaluators[name] = RetrievalEvaluator(self.ks, self.eval_chunk_size)
             self.evaluators[name].update(side, emb, batch["label"], batch["index"])
 
     def _partial_eval(self, stage: str) -> bool:

@@ -74,8 +74,13 @@ class TrainModule(pl.LightningModule):
         for key in [k for k, v in self.hparams.items() if isinstance(v, nn.Module)]:
             self.hparams.pop(key)  # plain-Python construction: module objects are not config
             self._hparams_initial.pop(key, None)
+        # Read from attributes, never from hparams: under the CLI, hparams hold what the config gave the
+        # subclass, which omits a parent argument the subclass sets itself.
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
+        self.lr_scheduler_interval = lr_scheduler_interval
+        self.no_decay_1d = no_decay_1d
+        self.ema_decay, self.ema_eval = ema_decay, ema_eval
         self._logit_scales: list[LogitScale] | None = None  # found on the first step
         self._ema: dict[str, Tensor] | None = None
         self._ema_active = False
@@ -89,7 +94,7 @@ class TrainModule(pl.LightningModule):
         """Parameter groups for the optimizer. A group may carry ``lr_factor`` (its lr becomes the
         optimizer's base lr times the factor) or its own ``lr`` / ``weight_decay``."""
         params = [p for p in self.parameters() if p.requires_grad]
-        if not self.hparams.no_decay_1d:
+        if not self.no_decay_1d:
             return [{"params": params}]
         return [{"params": [p for p in params if p.ndim >= 2]},
                 {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
@@ -148,11 +153,11 @@ class TrainModule(pl.LightningModule):
         self.after_optimizer_step()
         optimizer.zero_grad()
         scheduler = self.lr_schedulers()
-        if scheduler is not None and self.hparams.lr_scheduler_interval == "step":
+        if scheduler is not None and self.lr_scheduler_interval == "step":
             scheduler.step()
 
     def on_train_epoch_end(self) -> None:
-        if not self.automatic_optimization and self.hparams.lr_scheduler_interval == "epoch":
+        if not self.automatic_optimization and self.lr_scheduler_interval == "epoch":
             scheduler = self.lr_schedulers()
             if scheduler is not None:
                 scheduler.step()
@@ -174,7 +179,7 @@ class TrainModule(pl.LightningModule):
     def scheduler_budget(self) -> int:
         """Scheduler steps in this run: optimizer steps (per-step) or epochs (per-epoch)."""
         trainer = self.trainer
-        if self.hparams.lr_scheduler_interval == "step":
+        if self.lr_scheduler_interval == "step":
             total = trainer.estimated_stepping_batches
         else:
             total = trainer.max_epochs
@@ -191,7 +196,7 @@ class TrainModule(pl.LightningModule):
         if hasattr(scheduler, "set_total") and getattr(scheduler, "total", 0) is None:
             scheduler.set_total(self.scheduler_budget())
         return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": scheduler, "interval": self.hparams.lr_scheduler_interval}}
+                "lr_scheduler": {"scheduler": scheduler, "interval": self.lr_scheduler_interval}}
 
     # -------------------------------------------------------------------- EMA
     def _ema_params(self) -> Iterator[tuple[str, nn.Parameter]]:
@@ -199,7 +204,7 @@ class TrainModule(pl.LightningModule):
 
     @torch.no_grad()
     def _update_ema(self) -> None:
-        decay = self.hparams.get("ema_decay")
+        decay = self.ema_decay
         if decay is None:
             return
         if self._ema is None:
@@ -216,7 +221,7 @@ class TrainModule(pl.LightningModule):
     @contextlib.contextmanager
     def ema_weights(self) -> Iterator[None]:
         """Inside the block the trainable weights are the EMA weights (when EMA is on and ``ema_eval``)."""
-        if self._ema is None or not self.hparams.get("ema_eval", True) or self._ema_active:
+        if self._ema is None or not self.ema_eval or self._ema_active:
             yield
             return
         params = dict(self._ema_params())
@@ -234,7 +239,7 @@ class TrainModule(pl.LightningModule):
             self._ema_active = False
 
     def _swap_in_ema(self) -> None:
-        if self._ema is not None and self.hparams.get("ema_eval", True) and not self._ema_active:
+        if self._ema is not None and self.ema_eval and not self._ema_active:
             self._ema_context = self.ema_weights()
             self._ema_context.__enter__()
 
@@ -264,31 +269,32 @@ class TrainModule(pl.LightningModule):
 
     # The EMA weights are in place from the first evaluation batch to the end of the module's
     # epoch-end hook, so checkpoints (saved after it) keep the trained weights plus ``ema_state``.
-    def on_validation_epoch_start(self) -> None:
+    def _begin_evaluation(self, stage: str) -> None:
         self._swap_in_ema()
-        self.evaluation_start("val")
+        self.evaluation_start(stage)
+
+    def _end_evaluation(self, stage: str) -> None:
+        try:
+            self.evaluation_end(stage)
+        finally:
+            self._swap_out_ema()
+
+    def on_validation_epoch_start(self) -> None:
+        self._begin_evaluation("val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._end_evaluation("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._begin_evaluation("test")
+
+    def on_test_epoch_end(self) -> None:
+        self._end_evaluation("test")
 
     def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         self.evaluation_step(batch, dataloader_idx)
 
-    def on_validation_epoch_end(self) -> None:
-        try:
-            self.evaluation_end("val")
-        finally:
-            self._swap_out_ema()
-
-    def on_test_epoch_start(self) -> None:
-        self._swap_in_ema()
-        self.evaluation_start("test")
-
-    def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self.evaluation_step(batch, dataloader_idx)
-
-    def on_test_epoch_end(self) -> None:
-        try:
-            self.evaluation_end("test")
-        finally:
-            self._swap_out_ema()
+    test_step = validation_step
 
     # ------------------------------------------------------------------ outputs
     def output_dir(self) -> Path:

@@ -20,7 +20,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from mmembed.lit.embedding_module import EmbeddingModule
-from mmembed.nn.encoders.base import TokenEmbedder, require
+from mmembed.nn.encoders.base import TokenEmbedder
 from mmembed.losses.identity import sdm
 from mmembed.nn.mlm import CrossModalMLMHead, mlm_inputs, mlm_loss
 
@@ -57,6 +57,8 @@ class IRRAModule(EmbeddingModule):
         training batch: image (B, C, H, W), text (B, L), label (B,) in ``[0, num_classes)``.
     """
 
+    encoder_protocol = TokenEmbedder
+
     def __init__(
         self,
         encoder: nn.Module,
@@ -72,7 +74,7 @@ class IRRAModule(EmbeddingModule):
         optimizer: OptimizerCallable = torch.optim.Adam,
         **kwargs: Any,
     ) -> None:
-        super().__init__(encoder=require(encoder, TokenEmbedder, "IRRAModule"), optimizer=optimizer, **kwargs)
+        super().__init__(encoder=encoder, optimizer=optimizer, **kwargs)
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         if temperature <= 0:

@@ -24,7 +24,7 @@ from mmembed.lit.embedding_module import EmbeddingModule
 from mmembed.losses.progressive import ProgressiveSoftClipLoss, alpha_schedule
 from mmembed.losses.token_matching import MatchMode, token_matching_loss
 from mmembed.methods.lightclip.fusion import FusionMLM, text_tower
-from mmembed.nn.encoders.base import TokenEmbedder, require
+from mmembed.nn.encoders.base import TokenEmbedder
 from mmembed.nn.mlm import mlm_inputs, mlm_loss, word_positions
 
 
@@ -73,6 +73,8 @@ class LightCLIPModule(EmbeddingModule):
         training batch: image (B, 3, H, W), text (B, L).
     """
 
+    encoder_protocol = TokenEmbedder
+
     def __init__(
         self,
         encoder: nn.Module,
@@ -99,7 +101,7 @@ class LightCLIPModule(EmbeddingModule):
         if not hasattr(loss, "alpha") or not isinstance(getattr(loss, "logit_scale", None), nn.Module):
             raise TypeError(f"LightCLIP's loss needs a settable alpha and a learnable logit_scale "
                             f"(e.g. mmembed.losses.ProgressiveSoftClipLoss), got {type(loss).__name__}")
-        super().__init__(encoder=require(encoder, TokenEmbedder, "LightCLIPModule"), loss=loss, **kwargs)
+        super().__init__(encoder=encoder, loss=loss, **kwargs)
         if mlm_weight > 0 and mask_token == "extra":
             encoder.add_mask_token()  # before the head ties itself to the embedding; special_tokens.mask is its id
         self.mask_id = encoder.special_tokens.mask

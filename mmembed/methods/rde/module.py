@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from mmembed.distributed import gather_for_eval
 from mmembed.lit.embedding_module import EmbeddingModule
-from mmembed.nn.encoders.base import TokenEmbedder, require
+from mmembed.nn.encoders.base import TokenEmbedder
 from mmembed.methods.rde import ccd as ccd_lib
 from mmembed.methods.rde import objective as obj
 from mmembed.methods.rde.augment import augment_tokens
@@ -78,6 +78,8 @@ class RDEModule(EmbeddingModule):
             :class:`~mmembed.lit.module.TrainModule`.
     """
 
+    encoder_protocol = TokenEmbedder
+
     def __init__(
         self,
         encoder: nn.Module,
@@ -103,7 +105,7 @@ class RDEModule(EmbeddingModule):
         optimizer: OptimizerCallable = torch.optim.Adam,
         **kwargs: Any,
     ) -> None:
-        super().__init__(encoder=require(encoder, TokenEmbedder, "RDEModule"), optimizer=optimizer, **kwargs)
+        super().__init__(encoder=encoder, optimizer=optimizer, **kwargs)
         if ccd_forward_batches < 1:
             raise ValueError(f"ccd_forward_batches must be >= 1, got {ccd_forward_batches}")
         self.tse = TokenSelectionEmbedding(encoder.embed_dim, tse_dim, select_ratio) if use_tse else None
