@@ -9,6 +9,8 @@ from pathlib import Path
 
 from torch import Tensor
 
+from mmembed.types import load_image
+
 
 @dataclass
 class RankedExamples:
@@ -44,7 +46,8 @@ def plot_ranked_results(
 
     Args:
         query_texts: One caption per row.
-        gallery_paths: Image file of each ranked gallery entry, indexed by ``ranked``.
+        gallery_paths: Image of each ranked gallery entry, indexed by ``ranked``: a file, a PIL image or a
+            reference with ``load()`` (a shard member).
         ranked: Gallery indices in rank order.
         correct: Whether each ranked image has the query's identity.
         out_path: PNG to write (parent folders are created).
@@ -62,7 +65,6 @@ def plot_ranked_results(
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
-    from PIL import Image
 
     n_q, k = ranked.shape
     extra = 1 if query_images is not None else 0
@@ -75,8 +77,7 @@ def plot_ranked_results(
                 transform=ax.transAxes)
         if query_images is not None:
             ax = axes[row][1]
-            with Image.open(query_images[row]) as img:
-                ax.imshow(img.convert("RGB"))
+            ax.imshow(load_image(query_images[row]))
             ax.set_xticks([])
             ax.set_yticks([])
             for spine in ax.spines.values():
@@ -86,8 +87,7 @@ def plot_ranked_results(
                 ax.set_title("query", fontsize=7)
         for col in range(k):
             ax = axes[row][col + 1 + extra]
-            with Image.open(gallery_paths[int(ranked[row, col])]) as img:
-                ax.imshow(img.convert("RGB"))
+            ax.imshow(load_image(gallery_paths[int(ranked[row, col])]))
             ok = bool(correct[row, col])
             ax.set_xticks([])
             ax.set_yticks([])

@@ -106,7 +106,8 @@ class ComposedRetrievalModule(EmbeddingModule):
         loaders = loaders if isinstance(loaders, list | tuple) else [loaders]
         return [loader.dataset for loader in loaders]
 
-    def _cir_step(self, batch: dict[str, Any], dataloader_idx: int) -> None:
+    def evaluation_step(self, batch: dict[str, Any], dataloader_idx: int) -> None:
+        """Gallery loaders feed the set's raw image embeddings; query loaders its composed queries."""
         dataset = self._datasets()[dataloader_idx]
         split = dataset.split
         self.cir.add_set(dataset.name, split, getattr(dataset, "protocol", "cirr"), len(split.gallery_paths))
@@ -204,9 +205,6 @@ class ComposedRetrievalModule(EmbeddingModule):
 
     def evaluation_start(self, stage: str) -> None:
         self._reset_eval()
-
-    def evaluation_step(self, batch: dict[str, Any], dataloader_idx: int) -> None:
-        self._cir_step(batch, dataloader_idx)
 
     def evaluation_end(self, stage: str) -> None:
         self._cir_epoch_end(stage)

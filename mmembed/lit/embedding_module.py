@@ -133,7 +133,8 @@ class EmbeddingModule(TrainModule):
         out = self.encode_query_batch(batch) if side == "query" else self.encode_gallery_batch(batch)
         return out if isinstance(out, dict) else {"": out}
 
-    def _eval_step(self, batch: dict[str, Any], dataloader_idx: int) -> None:
+    def evaluation_step(self, batch: dict[str, Any], dataloader_idx: int) -> None:
+        """Loader 0 holds the queries, loader 1 the gallery; every view feeds its own evaluator."""
         side = "query" if dataloader_idx == 0 else "gallery"
         for name, emb in self._views(batch, side).items():
             if name not in self.evaluators:
@@ -182,9 +183,6 @@ class EmbeddingModule(TrainModule):
 
     def evaluation_start(self, stage: str) -> None:
         self.evaluators.clear()
-
-    def evaluation_step(self, batch: dict[str, Any], dataloader_idx: int) -> None:
-        self._eval_step(batch, dataloader_idx)
 
     def evaluation_end(self, stage: str) -> None:
         self._log_metrics(stage)

@@ -255,13 +255,13 @@ def test_a_partial_run_encodes_missing_references_and_reports_nothing(world, tin
     data = CIRDataModule(root=str(world), eval_batch_size=20, processor=encoder.processor)
     module = LinCIR(encoder)
     seen: list[int] = []
-    original = module._cir_step
+    original = module.evaluation_step
 
     def spy(batch, dataloader_idx):
         seen.append(dataloader_idx)
         original(batch, dataloader_idx)
 
-    module._cir_step = spy
+    module.evaluation_step = spy
     sizes: list[int] = []
     encode = module.encoder.encode  # every image the module encodes goes through the Embedder call
     module.encoder.encode = lambda batch, side: sizes.append(batch[side].shape[0]) or encode(batch, side)
