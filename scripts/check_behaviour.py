@@ -71,7 +71,7 @@ def run_all(tmp: Path, only: list[str] | None) -> dict[str, dict[str, float]]:
         common = [f"--data.init_args.root={world}", f"--data.init_args.captions={world}/synth_captions.json",
                   f"--model.init_args.encoder.init_args.model_config={TINY_CIR}", "--data.init_args.batch_size=16",
                   "--trainer.max_steps=6", "--trainer.val_check_interval=3"]
-        lincir_cfg = _config("lincir/lincir_synth.yaml", "rtd/lincir_synth.yaml")
+        lincir_cfg = _config("lincir/synth_cir.yaml", "rtd/lincir_synth.yaml")
         results["lincir"] = _fit_test(main, lincir_cfg, tmp, "lincir", common)
         print("lincir", json.dumps(results["lincir"]), flush=True)
         phi = next((tmp / "runs" / "lincir").rglob("phi.pt"))
