@@ -113,3 +113,30 @@ def test_phi_checkpoint_with_a_pickle_payload_runs_nothing(tmp_path):
     # the payload is real: an unrestricted load would have run it
     torch.load(tmp_path / "evil.pt", weights_only=False)
     assert marker.exists()
+
+
+def test_train_pass_dataloader_covers_the_split_once_with_either_transform(tmp_path, tiny_encoder):
+    from mmembed.data.base import Records, RetrievalDataModule
+    from PIL import Image
+
+    paths = []
+    for i in range(10):
+        paths.append(tmp_path / f"{i}.png")
+        Image.new("RGB", (16, 32), (20 * i, 0, 0)).save(paths[-1])
+
+    class Tiny(RetrievalDataModule):
+        def build_train_dataset(self):
+            return Records(image=paths, text=[f"caption {i}" for i in range(10)], label=list(range(10)))
+
+    processor = tiny_encoder().processor
+    dm = Tiny(batch_size=4, processor=processor)
+    assert len(dm.train_dataloader()) == 2  # the trainer's loader drops the last partial batch
+    seen = torch.cat([b["index"] for b in dm.train_pass_dataloader(3, augment=False)])
+    assert sorted(seen.tolist()) == list(range(10))  # every sample once, no drop_last
+    first = next(iter(dm.train_pass_dataloader(10, augment=False, shuffle=False)))
+    expected = torch.stack([processor.eval_image_transform(Image.open(p).convert("RGB")) for p in paths])
+    torch.testing.assert_close(first["image"], expected)  # eval transforms, in order
+    assert dm.train_pass_dataloader(4).dataset is dm.train_dataset()  # the trainer's dataset, built once
+    shards = [torch.cat([b["index"] for b in dm.train_pass_dataloader(2, rank=r, world_size=2)]) for r in (0, 1)]
+    assert not set(shards[0].tolist()) & set(shards[1].tolist())  # disjoint shards that cover the split
+    assert sorted(shards[0].tolist() + shards[1].tolist()) == list(range(10))

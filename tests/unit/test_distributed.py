@@ -9,14 +9,10 @@ batch. Results travel back through ``torch.save`` files.
 
 from __future__ import annotations
 
-import socket
-from datetime import timedelta
-from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
@@ -28,6 +24,8 @@ from mmembed.distributed import (
     is_distributed,
 )
 from mmembed.losses import ClipLoss, InfoNCELoss, ProgressiveSoftClipLoss, info_nce
+
+from gloo_ranks import run_ranks
 
 WORLD, B, IN_IMG, IN_TXT, D = 2, 3, 5, 4, 3
 DT = torch.float64
@@ -94,52 +92,31 @@ def _run_scenario(name: str, rank: int) -> dict:
     return {"loss": mean_loss / WORLD, "grads": grads}
 
 
-def _worker(rank: int, port: int, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=WORLD,
-        timeout=timedelta(seconds=30),
-    )
+def _worker(rank: int) -> dict:
+    res: dict = {"env": (is_distributed(), get_rank(), get_world_size())}
+    for name in SCENARIOS:
+        res[name] = _run_scenario(name, rank)
+    # plain gather values + gradient of a simple function
+    x = torch.full((2, 3), float(rank + 1), dtype=DT, requires_grad=True)
+    gathered = gather_with_grad(x)
+    (gathered * torch.arange(1, 5, dtype=DT)[:, None]).sum().backward()
+    res["gather"] = (gathered.detach(), x.grad.clone())
+    # gather_for_eval: uneven local sizes, padded repeats (index 0 appears twice)
+    idx = torch.tensor([4, 0, 2, 6, 8]) if rank == 0 else torch.tensor([1, 3, 0])
+    emb = torch.stack([idx.to(DT), 10 * idx.to(DT)], dim=1)
+    res["eval"] = gather_for_eval(idx, emb, 2 * idx)
+    # check_sizes must raise on every rank instead of hanging
     try:
-        res: dict = {"env": (is_distributed(), get_rank(), get_world_size())}
-        for name in SCENARIOS:
-            res[name] = _run_scenario(name, rank)
-        # plain gather values + gradient of a simple function
-        x = torch.full((2, 3), float(rank + 1), dtype=DT, requires_grad=True)
-        gathered = gather_with_grad(x)
-        (gathered * torch.arange(1, 5, dtype=DT)[:, None]).sum().backward()
-        res["gather"] = (gathered.detach(), x.grad.clone())
-        # gather_for_eval: uneven local sizes, padded repeats (index 0 appears twice)
-        idx = torch.tensor([4, 0, 2, 6, 8]) if rank == 0 else torch.tensor([1, 3, 0])
-        emb = torch.stack([idx.to(DT), 10 * idx.to(DT)], dim=1)
-        res["eval"] = gather_for_eval(idx, emb, 2 * idx)
-        # check_sizes must raise on every rank instead of hanging
-        try:
-            gather_with_grad(torch.zeros(3 - rank, D, dtype=DT), check_sizes=True)
-            res["check_sizes"] = None
-        except ValueError as err:
-            res["check_sizes"] = str(err)
-        torch.save(res, Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        gather_with_grad(torch.zeros(3 - rank, D, dtype=DT), check_sizes=True)
+        res["check_sizes"] = None
+    except ValueError as err:
+        res["check_sizes"] = str(err)
+    return res
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> list[dict]:
-    if not (dist.is_available() and dist.is_gloo_available()):
-        pytest.skip("torch.distributed with gloo is not available")
-    out = tmp_path_factory.mktemp("dist")
-    mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
-    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    return run_ranks(_worker, WORLD, tmp_path_factory.mktemp("dist"))
 
 
 def _single_process(name: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

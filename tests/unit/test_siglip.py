@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import math
-import socket
-from datetime import timedelta
-from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from mmembed.losses import SigLipLoss, siglip_loss
+
+from gloo_ranks import run_ranks
 
 DT = torch.float64
 TOL = dict(rtol=1e-10, atol=1e-12)
@@ -157,30 +155,13 @@ def _run_rank(rank: int, gather: bool) -> dict:
     }
 
 
-def _worker(rank: int, port: int, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=WORLD, timeout=timedelta(seconds=30))
-    try:
-        res = {"gather": _run_rank(rank, gather=True), "local": _run_rank(rank, gather=False)}
-        torch.save(res, Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _worker(rank: int) -> dict:
+    return {"gather": _run_rank(rank, gather=True), "local": _run_rank(rank, gather=False)}
 
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory) -> list[dict]:
-    if not (dist.is_available() and dist.is_gloo_available()):
-        pytest.skip("torch.distributed with gloo is not available")
-    out = tmp_path_factory.mktemp("siglip_dist")
-    mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
-    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    return run_ranks(_worker, WORLD, tmp_path_factory.mktemp("siglip_dist"))
 
 
 def _single_process() -> dict:
