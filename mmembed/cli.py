@@ -25,7 +25,7 @@ _SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 
 def _processor_of(model: Any) -> Any:
-    return getattr(model, "processor", None)  # a module without one leaves the datamodule's own
+    return getattr(model, "processor", None)  # a module without a processor links None
 
 
 class MMEmbedCLI(LightningCLI):

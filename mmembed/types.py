@@ -134,6 +134,7 @@ class Processor:
         extras: Anything else a method needs on the data side.
         image_keys: Item keys holding images (paths, PIL images or ``load()``-able references).
         text_keys: Item keys holding strings to tokenise. Other strings stay lists of strings.
+        special_tokens: The tokenizer's special ids by name (what the encoder's ``special_tokens`` gives).
     """
 
     train_image_transform: Callable[[Any], Tensor]
@@ -152,25 +153,35 @@ class Processor:
             train: Use the training image transform (augmentation) instead of the eval one.
 
         Returns:
-            The batch: images stacked (B, C, H, W), texts tokenised (B, L), numbers and tensors
-            stacked (B, ...), anything else as a list.
+            The batch: images stacked (B, C, H, W), texts tokenised (B, L), the other keys as
+            ``torch.utils.data.default_collate`` makes them (numbers, numpy values and tensors
+            stacked, strings as lists).
+
+        Raises:
+            ValueError: If the items' keys differ or a value is None.
         """
         if not items:
             raise ValueError("cannot collate an empty list of items")
+        from torch.utils.data import default_collate
+
+        keys = list(items[0])
+        for n, item in enumerate(items):
+            if list(item) != keys:
+                raise ValueError(f"item {n} has keys {sorted(item)}, the first item {sorted(keys)}: a dataset's items "
+                                 "must share their keys")
         transform = self.train_image_transform if train else self.eval_image_transform
         batch: dict[str, Any] = {}
-        for key in items[0]:
+        for key in keys:
             values = [item[key] for item in items]
+            missing = [n for n, v in enumerate(values) if v is None]
+            if missing:
+                raise ValueError(f"items {missing[:5]} have no value (None) for {key!r}")
             if key in self.image_keys:
                 batch[key] = torch.stack([v if isinstance(v, Tensor) else transform(load_image(v)) for v in values])
             elif key in self.text_keys and isinstance(values[0], str):
                 batch[key] = self.tokenizer(values)  # (B, L)
-            elif isinstance(values[0], Tensor):
-                batch[key] = torch.stack(values)
-            elif isinstance(values[0], bool | int | float):
-                batch[key] = torch.tensor(values)
             else:
-                batch[key] = values
+                batch[key] = default_collate(values)  # numbers and arrays -> tensors, strings -> lists
         return batch
 
     def train_collate(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:

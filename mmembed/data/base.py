@@ -188,12 +188,14 @@ class Records(Dataset):
         **columns: Equal-length sequences, one per item key.
 
     Raises:
-        ValueError: If the columns differ in length.
+        ValueError: If there is no column or the columns differ in length.
     """
 
     def __init__(self, **columns: Any) -> None:
         sizes = {name: len(values) for name, values in columns.items()}
-        if not sizes or len(set(sizes.values())) != 1:
+        if not sizes:
+            raise ValueError("Records needs at least one column, e.g. Records(text=texts, label=labels)")
+        if len(set(sizes.values())) != 1:
             raise ValueError(f"Records needs columns of one length, got {sizes}")
         self.columns = columns
 

@@ -20,7 +20,8 @@ from torch import Tensor, nn
 
 from mmembed.data.cir import PROMPT, CIRSplit, composed_prompt, fashioniq_prompts
 
-__all__ = ["PROMPT", "cir_metrics", "composed_prompt", "composed_scores", "encode_images", "fashioniq_prompts"]
+__all__ = ["PROMPT", "CIREvaluator", "cir_metrics", "cir_summaries", "composed_prompt", "composed_scores", "encode_images",
+           "fashioniq_prompts"]
 
 Protocol = Literal["cirr", "circo", "fashioniq", "genecis"]
 

@@ -90,6 +90,16 @@ class ExportArtifacts(pl.Callback):
             pl_module.export(out_dir)
 
 
+class RestoreTrainedWeights(pl.Callback):
+    """Put the trained weights back when a run stops on an exception while the EMA weights are swapped
+    in for evaluation (:class:`~mmembed.lit.module.TrainModule` attaches it when EMA is on)."""
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        swap_out = getattr(pl_module, "_swap_out_ema", None)
+        if swap_out is not None:
+            swap_out()
+
+
 class ZeroShotClassification(pl.Callback):
     """Zero-shot top-k accuracy of the validation images after every validation epoch, and of
     the test images after ``test``.

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmembed.eval.cir import CIREvaluator
+from mmembed.eval.cir import CIREvaluator, cir_summaries
 from mmembed.eval.visualize import RankedExamples
 from mmembed.lit.embedding_module import EmbeddingModule
 from mmembed.nn.encoders.base import TokenEmbedder
@@ -150,8 +150,6 @@ class ComposedRetrievalModule(EmbeddingModule):
                     if scores is not None:
                         self._write_submission(name, scores, dataset.split, dataset.protocol)
         results = self.cir.per_set()
-        from mmembed.eval.cir import cir_summaries
-
         for key, value in cir_summaries(results).items():
             self.log(f"{stage}/{key}", value, sync_dist=True)
         fn = str(getattr(self.trainer.state.fn, "value", self.trainer.state.fn))

@@ -81,7 +81,7 @@ class EmbeddingModule(TrainModule):
     def configure_callbacks(self) -> list[pl.Callback]:
         from mmembed.lit.callbacks import ExportArtifacts, RankedResults
 
-        callbacks: list[pl.Callback] = []
+        callbacks: list[pl.Callback] = super().configure_callbacks()
         if self.plot_queries > 0:
             callbacks.append(RankedResults(self.plot_queries, self.plot_top_k))
         if self.export_encoder:
@@ -125,7 +125,8 @@ class EmbeddingModule(TrainModule):
         if not hasattr(self.encoder, "export"):
             return []
         paths = list(self.encoder.export(directory))
-        print(f"encoder exported: {paths[0]}")
+        if paths:
+            print(f"encoder exported: {', '.join(map(str, paths))}")
         return paths
 
     # ------------------------------------------------------------- evaluation

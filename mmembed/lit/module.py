@@ -6,11 +6,13 @@ It owns what every method needs and nothing modality-specific: optimizer and sch
 an optional exponential moving average (EMA) of the trainable weights, a documented switch to
 manual optimisation, and an ``export`` hook for the artifacts a run leaves behind.
 
-Manual optimisation (GradCache, several optimizers): set ``self.automatic_optimization = False``
-in ``__init__``, override :meth:`training_step`, call ``self.manual_backward(loss)`` as often as
-needed, then :meth:`manual_step` once per optimizer step; it steps the optimizer, clamps
-temperatures, updates the EMA, zeroes the gradients and steps a per-step scheduler, exactly what
-the automatic loop does through :meth:`optimizer_step`.
+Manual optimisation (GradCache: several backward passes per step): set
+``self.automatic_optimization = False`` in ``__init__``, override :meth:`training_step`, call
+``self.manual_backward(loss)`` as often as needed, then :meth:`manual_step` once per optimizer step;
+it steps the (single) configured optimizer, clamps temperatures, updates the EMA, zeroes the
+gradients and steps a per-step scheduler, exactly what the automatic loop does through
+:meth:`optimizer_step`. A module with several optimizers steps them itself and calls
+:meth:`after_optimizer_step`.
 """
 
 from __future__ import annotations
@@ -101,8 +103,16 @@ class TrainModule(pl.LightningModule):
 
     def export(self, directory: Path) -> list[Path]:
         """Write the run's deployable artifacts into ``directory``; returns the files written.
-        Called on rank zero after ``fit`` by :class:`~mmembed.lit.callbacks.ExportArtifacts`."""
+        Called on rank zero after ``fit`` by :class:`~mmembed.lit.callbacks.ExportArtifacts` where a
+        module attaches it (:class:`~mmembed.lit.embedding_module.EmbeddingModule` does, from its
+        ``export_encoder`` flag)."""
         return []
+
+    def configure_callbacks(self) -> list[pl.Callback]:
+        """With EMA on, a guard that puts the trained weights back if evaluation stops on an exception."""
+        from mmembed.lit.callbacks import RestoreTrainedWeights
+
+        return [RestoreTrainedWeights()] if self.ema_decay is not None else []
 
     # --------------------------------------------------------------- training
     def log_losses(self, out: dict[str, Tensor], stage: str = "train", batch_size: int | None = None) -> None:
@@ -211,7 +221,10 @@ class TrainModule(pl.LightningModule):
             self._ema = {n: p.detach().clone() for n, p in self._ema_params()}
             return
         for name, p in self._ema_params():
-            self._ema[name].lerp_(p.detach(), 1.0 - decay)  # ema = decay * ema + (1 - decay) * p
+            ema = self._ema[name]
+            if ema.device != p.device:  # restored from a checkpoint before the model moved to its device
+                ema = self._ema[name] = ema.to(p.device)
+            ema.lerp_(p.detach(), 1.0 - decay)  # ema = decay * ema + (1 - decay) * p
 
     @property
     def ema_state(self) -> dict[str, Tensor] | None:
@@ -267,7 +280,7 @@ class TrainModule(pl.LightningModule):
     def evaluation_end(self, stage: str) -> None:
         """After validation or test: compute, log and reset the evaluators."""
 
-    # The EMA weights are in place from the first evaluation batch to the end of the module's
+    # The EMA weights are in place from the evaluation epoch's start to the end of the module's
     # epoch-end hook, so checkpoints (saved after it) keep the trained weights plus ``ema_state``.
     def _begin_evaluation(self, stage: str) -> None:
         self._swap_in_ema()

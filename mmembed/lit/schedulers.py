@@ -51,16 +51,26 @@ class WarmupCosineLR(LambdaLR):
         super().__init__(optimizer, lambda step: self.factor(step))
 
     def factor(self, step: int) -> float:
-        """The learning-rate multiplier at ``step`` (warm-up only until ``total`` is known)."""
-        total = self.total if self.total is not None else max(self.warmup, step) + 1
-        return warmup_cosine_factor(step, self.warmup, total, self.warmup_start_factor, self.min_factor)
+        """The learning-rate multiplier at ``step``. Until ``total`` is known only the warm-up applies
+        (then 1.0); :meth:`set_total` re-applies the current step's value."""
+        if self.total is None:  # min_factor 1: the warm-up ramp, then a flat 1.0
+            return warmup_cosine_factor(step, self.warmup, self.warmup + 1, self.warmup_start_factor, 1.0)
+        return warmup_cosine_factor(step, self.warmup, self.total, self.warmup_start_factor, self.min_factor)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore the step; a total that follows the trainer keeps this run's budget (a resumed run
+        with more epochs stretches the schedule instead of ending it at the old total)."""
+        total, follows = self.total, getattr(self, "follows_trainer", False)
+        super().load_state_dict(state_dict)
+        if follows:
+            self.total, self.follows_trainer = total, True
 
     def set_total(self, total: int) -> None:
         """Set the budget (called by :class:`~mmembed.lit.module.TrainModule` before training) and
         re-apply the current step's learning rate."""
         if total <= 0:
             raise ValueError(f"total must be > 0, got {total}")
-        self.total = int(total)
+        self.total, self.follows_trainer = int(total), True
         values = [base * self.factor(self.last_epoch) for base in self.base_lrs]
         for group, lr in zip(self.optimizer.param_groups, values, strict=True):
             group["lr"] = lr

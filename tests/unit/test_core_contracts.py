@@ -140,3 +140,17 @@ def test_train_pass_dataloader_covers_the_split_once_with_either_transform(tmp_p
     shards = [torch.cat([b["index"] for b in dm.train_pass_dataloader(2, rank=r, world_size=2)]) for r in (0, 1)]
     assert not set(shards[0].tolist()) & set(shards[1].tolist())  # disjoint shards that cover the split
     assert sorted(shards[0].tolist() + shards[1].tolist()) == list(range(10))
+
+
+def test_collate_stacks_numpy_values_and_refuses_missing_ones(tiny_encoder):
+    import numpy as np
+
+    processor = tiny_encoder().processor
+    batch = processor.collate([{"label": np.int64(3), "flag": np.bool_(True), "score": 0.5},
+                               {"label": np.int64(4), "flag": np.bool_(False), "score": 1.5}])
+    assert batch["label"].tolist() == [3, 4] and batch["flag"].tolist() == [True, False]
+    assert batch["score"].dtype == torch.float64  # as default_collate makes Python floats
+    with pytest.raises(ValueError, match=r"items \[1\] have no value \(None\) for 'label'"):
+        processor.collate([{"label": 1}, {"label": None}])
+    with pytest.raises(ValueError, match="must share their keys"):
+        processor.collate([{"label": 1}, {"label": 2, "extra": 3}])

@@ -110,3 +110,24 @@ def test_cosine_statistics_split_clean_noisy_and_negatives(tiny_encoder):
     neg = torch.tensor([0.1, 0.3, 0.4, 0.5, 0.6, 0.7, 0.1, 0.3, 0.2, 0.6])  # different-pid entries
     assert logged["train/cos_neg"][0] == pytest.approx(float(neg.mean()))
     assert logged["train/cos_neg_std"][0] == pytest.approx(float(neg.std()))
+
+
+def test_rde_fits_from_plain_loaders_and_needs_a_datamodule_only_for_ccd(tiny_encoder):
+    import lightning.pytorch as pl
+    from torch.utils.data import DataLoader
+
+    from mmembed.methods.rde.module import RDEModule
+
+    def fit(use_ccd: bool) -> RDEModule:
+        encoder = tiny_encoder()
+        items = [{"image": torch.rand(3, 32, 16), "text": f"a person in a {c} coat", "label": i % 2, "index": i}
+                 for i, c in enumerate(["red", "blue", "green", "black"] * 2)]
+        loader = DataLoader(items, batch_size=4, collate_fn=encoder.processor.train_collate)
+        module = RDEModule(encoder=encoder, use_ccd=use_ccd, tse_dim=16, optimizer=torch.optim.Adam)
+        pl.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                   enable_model_summary=False).fit(module, loader)
+        return module
+
+    assert fit(use_ccd=False).global_step == 2
+    with pytest.raises(ValueError, match="RDE needs an mmembed datamodule"):
+        fit(use_ccd=True)

@@ -154,3 +154,40 @@ def test_temperature_is_clamped_after_every_step():
     module.scale.log_scale.data.fill_(math.log(1e6))  # stored far above the clamp of 20
     _trainer(max_steps=1).fit(module, _data())
     assert float(module.scale.log_scale.exp()) == pytest.approx(20.0, rel=1e-5)
+
+
+class FailingValidation(Regression):
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        raise RuntimeError("planted failure")
+
+
+def test_an_exception_during_evaluation_puts_the_trained_weights_back():
+    module = FailingValidation(optimizer=_sgd, ema_decay=0.5)
+    trainer = _trainer(max_epochs=1, num_sanity_val_steps=0)
+    with pytest.raises(RuntimeError, match="planted failure"):
+        trainer.fit(module, _data(), _data(8))
+    trained = module.net.weight.detach().clone()
+    assert not torch.equal(trained, module.ema_state["net.weight"])  # the EMA differs from the trained weights
+    with module.ema_weights():  # and the swap still works: nothing was left swapped in
+        torch.testing.assert_close(module.net.weight, module.ema_state["net.weight"])
+    torch.testing.assert_close(module.net.weight, trained)
+    ref = Regression(optimizer=_sgd)  # the same SGD steps without EMA: the trained weights
+    _trainer(max_epochs=1).fit(ref, _data())
+    torch.testing.assert_close(trained, ref.net.weight)
+
+
+def test_a_resumed_run_stretches_a_schedule_that_follows_the_trainer(tmp_path):
+    sched = lambda o: WarmupCosineLR(o, warmup=1)  # noqa: E731
+    first = Regression(optimizer=_sgd, lr_scheduler=sched)
+    trainer = _trainer(max_epochs=2)
+    trainer.fit(first, _data())
+    trainer.save_checkpoint(tmp_path / "two.ckpt")
+    resumed = Regression(optimizer=_sgd, lr_scheduler=sched)
+    trainer = _trainer(max_epochs=4)
+    trainer.fit(resumed, _data(), ckpt_path=str(tmp_path / "two.ckpt"), weights_only=False)
+    scheduler = trainer.lr_scheduler_configs[0].scheduler
+    assert scheduler.total == 4 and scheduler.last_epoch == 4
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.1 * warmup_cosine_factor(4, 1, 4, 0.1, 0.0))
+    # without a total, only the warm-up applies, then a flat 1.0
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    assert [WarmupCosineLR(opt, warmup=2).factor(s) for s in range(4)] == pytest.approx([0.1, 0.55, 1.0, 1.0])

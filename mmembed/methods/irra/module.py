@@ -12,16 +12,16 @@ References:
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor, nn
 
 from mmembed.lit.embedding_module import EmbeddingModule
-from mmembed.nn.encoders.base import TokenEmbedder
 from mmembed.losses.identity import sdm
+from mmembed.nn.encoders.base import TokenEmbedder
 from mmembed.nn.mlm import CrossModalMLMHead, mlm_inputs, mlm_loss
 
 

@@ -104,7 +104,7 @@ class LightCLIPModule(EmbeddingModule):
         super().__init__(encoder=encoder, loss=loss, **kwargs)
         if mlm_weight > 0 and mask_token == "extra":
             encoder.add_mask_token()  # before the head ties itself to the embedding; special_tokens.mask is its id
-        self.mask_id = encoder.special_tokens.mask
+        self.mask_id = encoder.special_tokens.mask if mlm_weight > 0 else None  # the id MLM writes
         self.mlm = (FusionMLM.from_encoder(encoder, num_fusions, fuse_image, mlm_bidirectional)
                     if mlm_weight > 0 else None)
         self._prefix_tokens = encoder.num_prefix_tokens  # tokens ahead of the patches (a class token)

@@ -28,11 +28,11 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from mmembed.distributed import gather_for_eval
 from mmembed.lit.embedding_module import EmbeddingModule
-from mmembed.nn.encoders.base import TokenEmbedder
 from mmembed.methods.rde import ccd as ccd_lib
 from mmembed.methods.rde import objective as obj
 from mmembed.methods.rde.augment import augment_tokens
 from mmembed.methods.rde.tse import TokenSelectionEmbedding
+from mmembed.nn.encoders.base import TokenEmbedder
 
 Objective = Literal["tal", "trl", "trl_s", "info_nce", "sdm"]
 
@@ -223,7 +223,7 @@ class RDEModule(EmbeddingModule):
     def on_train_epoch_start(self) -> None:
         h = self.hparams
         # ground-truth flags of the (possibly rebuilt) training set: logging and the oracle only
-        clean = getattr(self._datamodule().train_dataset(), "clean", None)
+        clean = getattr(self._train_dataset(), "clean", None)
         self._clean_flags = None if clean is None else np.asarray(clean, dtype=bool)
         if h.oracle_labels:
             if self._clean_flags is None:
@@ -301,6 +301,13 @@ class RDEModule(EmbeddingModule):
         # training time of the epoch, without the CCD pass and validation (CCD overhead = ccd / epoch seconds)
         seconds = self._train_seconds if self._train_seconds is not None else time.perf_counter() - self._epoch_start
         self.log("train/epoch_seconds", seconds, on_step=False, on_epoch=True)
+
+    def _train_dataset(self) -> Any:
+        """The training set (the datamodule's; a plain loader's dataset when fit without one)."""
+        datamodule = self.trainer.datamodule
+        if datamodule is not None and hasattr(datamodule, "train_dataset"):
+            return datamodule.train_dataset()
+        return getattr(self.trainer.train_dataloader, "dataset", None)
 
     def _datamodule(self) -> Any:
         datamodule = self.trainer.datamodule
