@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -129,3 +131,44 @@ def resize_pos_embed(
     img = F.interpolate(img, size=tuple(new_grid), mode=mode, align_corners=False)
     grid = img.permute(0, 2, 3, 1).reshape(new_grid[0] * new_grid[1], dim).to(pos_embed.dtype)  # (h'w', D)
     return torch.cat([prefix, grid], dim=0)
+
+
+def stored_config(path: str | Path) -> dict[str, Any] | None:
+    """The architecture config saved beside a weights file, where there is one: ``<stem>_config.json``
+    next to ``<stem>_model.pt`` (what :meth:`OpenCLIPDualEncoder.export` writes), else ``<file>.json``."""
+    path = Path(path)
+    candidates = [path.with_suffix(".json")]
+    if path.stem.endswith("_model"):
+        candidates.insert(0, path.with_name(path.stem[: -len("_model")] + "_config.json"))
+    for candidate in candidates:
+        if candidate.is_file():
+            try:
+                config = json.loads(candidate.read_text(encoding="utf-8"))
+            except json.JSONDecodeError:
+                return None
+            return config if isinstance(config, dict) else None
+    return None
+
+
+# Settings a load adapts to (position tables are resized or cut) or that give the same outputs
+# (EOT pooling equals argmax pooling on text without an added token).
+_ADAPTED = frozenset({"image_size", "context_length", "pool_type", "eos_id", "timm_model_pretrained"})
+
+
+def config_differences(built: dict[str, Any], stored: dict[str, Any], prefix: str = "") -> list[str]:
+    """Architecture settings where a stored config disagrees with the built model's, as
+    ``"key: <stored> in the checkpoint's config, <built> built"``. A key only the stored config has is
+    compared with open_clip's default for ``quick_gelu`` (False); settings a load adapts to (image size,
+    context length, text pooling) are not compared, nor keys missing on one side."""
+    out = []
+    for key, value in stored.items():
+        if key in _ADAPTED:
+            continue
+        here = built.get(key, False if key == "quick_gelu" else None)
+        if isinstance(value, dict) and isinstance(here, dict):
+            out += config_differences(here, value, f"{prefix}{key}.")
+        elif here is not None and here != value and not (isinstance(here, list | tuple) and list(here) == value):
+            out.append(f"{prefix}{key}: {value!r} in the checkpoint's config, {here!r} built")
+    if not prefix and "quick_gelu" not in stored and built.get("quick_gelu"):
+        out.append("quick_gelu: False in the checkpoint's config, True built")
+    return out

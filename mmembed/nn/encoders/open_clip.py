@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from mmembed.nn.encoders.checkpoints import load_state_dict_file, resize_pos_embed
+from mmembed.nn.encoders.checkpoints import config_differences, load_state_dict_file, resize_pos_embed, stored_config
 from mmembed.nn.encoders.transforms import (
     OPENAI_MEAN,
     OPENAI_STD,
@@ -125,7 +126,14 @@ class OpenCLIPDualEncoder(nn.Module):
 
     # ------------------------------------------------------------------ weights
     def load_pretrained(self, path: str, pretrained_grid: tuple[int, int] | None = None, strict: bool = True) -> None:
-        """Load local weights, resizing the image and text position tables if needed."""
+        """Load local weights, resizing the image and text position tables if needed. Warns when the
+        config saved beside the weights (an mmembed export) disagrees with the model built, e.g. a
+        QuickGELU checkpoint loaded into a GELU tower: the weights load, but every activation differs."""
+        stored = stored_config(path)
+        differences = config_differences(self.config, stored) if stored is not None else []
+        if differences:
+            warnings.warn(f"{path}: the checkpoint's config disagrees with the model built "
+                          f"({'; '.join(differences[:5])}); check model_name / model_config", stacklevel=2)
         sd = load_state_dict_file(path)
         visual = self.model.visual
         key = "visual.positional_embedding"
