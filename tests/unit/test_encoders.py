@@ -218,3 +218,45 @@ def test_pseudo_token_equals_the_real_word(encoder):
     assert grad_in.grad.abs().sum() > 0  # the projection module trains through the slot
     with pytest.raises(ValueError, match="no pseudo-token placeholder"):
         encoder.encode_text(encoder.tokenizer(["a photo", "a photo of $"]), pseudo_tokens=pseudo)
+
+
+def test_preprocessing_options_match_torchvision_written_out():
+    from PIL import Image
+    from torchvision.transforms import InterpolationMode as IM
+    from torchvision.transforms import functional as TF
+
+    from mmembed.nn.encoders.transforms import OPENAI_MEAN, OPENAI_STD, build_image_transforms
+
+    image = Image.fromarray((torch.rand(40, 20, 3) * 255).to(torch.uint8).numpy())  # 40 high, 20 wide
+
+    def by_hand(img):
+        return TF.normalize(TF.to_tensor(img), OPENAI_MEAN, OPENAI_STD)
+
+    _, crop = build_image_transforms((16, 16), train_augment="none", resize="shorter_side_crop")
+    expected = by_hand(TF.center_crop(TF.resize(image, [32, 16], interpolation=IM.BICUBIC), [16, 16]))
+    torch.testing.assert_close(crop(image), expected)  # aspect kept: 40x20 -> 32x16, centre 16x16
+    _, tall = build_image_transforms((24, 8), train_augment="none", resize="shorter_side_crop")
+    torch.testing.assert_close(tall(image), by_hand(TF.center_crop(TF.resize(image, [24, 12], interpolation=IM.BICUBIC),
+                                                                  [24, 8])))
+    _, squash = build_image_transforms((16, 16), train_augment="none", interpolation="bilinear")
+    torch.testing.assert_close(squash(image), by_hand(TF.resize(image, [16, 16], interpolation=IM.BILINEAR)))
+    assert not torch.allclose(squash(image), build_image_transforms((16, 16), train_augment="none")[1](image))
+    with pytest.raises(ValueError, match="resize must be"):
+        build_image_transforms((16, 16), resize="stretch")
+
+
+def test_position_grid_interpolation_follows_the_option(tmp_path):
+    from mmembed.nn.encoders.checkpoints import resize_pos_embed
+
+    cfg = {"embed_dim": 16, "vision_cfg": {"image_size": [32, 16], "patch_size": 8, "width": 16, "layers": 1,
+                                          "head_width": 8},
+           "text_cfg": {"context_length": 12, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1}}
+    torch.manual_seed(0)
+    source = OpenCLIPDualEncoder(model_config=cfg)
+    torch.save(source.model.state_dict(), tmp_path / "w.pt")
+    table = source.model.state_dict()["visual.positional_embedding"]
+    for mode in ("bicubic", "bilinear"):
+        built = OpenCLIPDualEncoder(model_config=cfg, image_size=(48, 16), pretrained=str(tmp_path / "w.pt"),
+                                    pos_embed_interpolation=mode)
+        want = resize_pos_embed(table, (6, 2), old_grid=(4, 2), mode=mode)
+        torch.testing.assert_close(built.model.visual.positional_embedding.detach(), want)

@@ -18,6 +18,8 @@ from mmembed.nn.encoders.checkpoints import config_differences, load_state_dict_
 from mmembed.nn.encoders.transforms import (
     OPENAI_MEAN,
     OPENAI_STD,
+    ImageResize,
+    Interpolation,
     TrainAugment,
     build_image_transforms,
 )
@@ -66,6 +68,12 @@ class OpenCLIPDualEncoder(nn.Module):
         image_mean: Normalisation mean.
         image_std: Normalisation std.
         train_augment: Training image augmentation (see ``build_image_transforms``).
+        image_resize: ``squash`` (resize to ``image_size``) or ``shorter_side_crop`` (CLIP's aspect-keeping
+            resize and centre crop) for evaluation images (see ``build_image_transforms``).
+        image_interpolation: Resampling filter of image resizes (``bicubic``, open_clip's; ``bilinear``,
+            the official person-ReID code's).
+        pos_embed_interpolation: Filter used when a checkpoint's position grid is resized to this
+            model's (``bicubic``; ``bilinear`` as the official person-ReID code).
         strict: Require every weight to be present in ``pretrained``.
 
     Shapes:
@@ -83,6 +91,9 @@ class OpenCLIPDualEncoder(nn.Module):
         image_mean: tuple[float, float, float] = OPENAI_MEAN,
         image_std: tuple[float, float, float] = OPENAI_STD,
         train_augment: TrainAugment = "clip",
+        image_resize: ImageResize = "squash",
+        image_interpolation: Interpolation = "bicubic",
+        pos_embed_interpolation: Interpolation = "bicubic",
         strict: bool = True,
     ) -> None:
         super().__init__()
@@ -120,6 +131,8 @@ class OpenCLIPDualEncoder(nn.Module):
         self.context_length = int(cfg["text_cfg"].get("context_length", 77))
         self.export_vocab: int | None = None  # set by add_mask_token: token rows kept on export
         self.image_mean, self.image_std, self.train_augment = image_mean, image_std, train_augment
+        self.image_resize, self.image_interpolation = image_resize, image_interpolation
+        self.pos_embed_interpolation = pos_embed_interpolation
         self.pretrained = pretrained  # the local weights file, or None (random init)
         if pretrained is not None:
             self.load_pretrained(pretrained, pretrained_grid=pretrained_grid, strict=strict)
@@ -140,7 +153,8 @@ class OpenCLIPDualEncoder(nn.Module):
         if key in sd and hasattr(visual, "positional_embedding"):
             new_grid = tuple(int(g) for g in visual.grid_size)
             if sd[key].shape != visual.positional_embedding.shape:
-                sd[key] = resize_pos_embed(sd[key], new_grid, old_grid=pretrained_grid)  # type: ignore[arg-type]
+                sd[key] = resize_pos_embed(sd[key], new_grid, old_grid=pretrained_grid,  # type: ignore[arg-type]
+                                           mode=self.pos_embed_interpolation)
         tkey = "positional_embedding" if "positional_embedding" in sd else "text.positional_embedding"
         if tkey in sd and sd[tkey].shape[0] > self.context_length:
             sd[tkey] = sd[tkey][: self.context_length]
@@ -220,7 +234,8 @@ class OpenCLIPDualEncoder(nn.Module):
     def processor(self) -> Processor:
         """Image transforms and tokenizer matching this model."""
         train_tf, eval_tf = build_image_transforms(
-            self.image_size, self.image_mean, self.image_std, train_augment=self.train_augment
+            self.image_size, self.image_mean, self.image_std, train_augment=self.train_augment,
+            resize=self.image_resize, interpolation=self.image_interpolation
         )
         return Processor(train_tf, eval_tf, self.tokenizer, extras={"context_length": self.context_length},
                          special_tokens=self.special_tokens)
