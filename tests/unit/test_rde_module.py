@@ -131,3 +131,20 @@ def test_rde_fits_from_plain_loaders_and_needs_a_datamodule_only_for_ccd(tiny_en
     assert fit(use_ccd=False).global_step == 2
     with pytest.raises(ValueError, match="RDE needs an mmembed datamodule"):
         fit(use_ccd=True)
+
+
+@pytest.mark.parametrize(("objective", "reduction", "expected"),
+                         [("tal", None, "sum"), ("trl", None, "sum"), ("trl_s", None, "sum"), ("sdm", None, "mean"),
+                          ("info_nce", None, "mean"), ("tal", "mean", "mean"), ("sdm", "sum", "sum")])
+def test_reduction_defaults_to_the_references_per_objective(tiny_encoder, objective, reduction, expected):
+    from mmembed.methods.rde import objective as obj
+    from mmembed.methods.rde.module import RDEModule
+
+    module = RDEModule(encoder=tiny_encoder(), objective=objective, reduction=reduction, use_tse=False, text_aug_p=0.0)
+    assert module.reduction_mode() == expected
+    torch.manual_seed(0)
+    batch = {"image": torch.randn(4, 3, 32, 16), "text": module.encoder.tokenizer(["a red coat", "a blue bag",
+                                                                                    "a hat", "green shoes"]),
+             "label": torch.tensor([0, 1, 2, 3]), "index": torch.arange(4)}
+    loss_b, loss_t, _ = module._losses(batch)
+    torch.testing.assert_close(module.compute_loss(batch)["loss"], obj.reduce(loss_b + loss_t, mode=expected))

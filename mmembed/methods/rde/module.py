@@ -48,7 +48,9 @@ class RDEModule(EmbeddingModule):
         tau: TAL temperature.
         margin: TAL / TRL margin.
         scale: Logit scale of ``info_nce`` and ``sdm``.
-        reduction: Batch reduction of the weighted per-sample losses; the reference sums.
+        reduction: Batch reduction of the weighted per-sample losses: ``sum`` or ``mean`` (the
+            label-weighted mean). None (default): the reference's per objective, a sum for TAL, TRL and
+            TRL-S and a mean for InfoNCE and SDM.
         use_tse: Train and evaluate the TSE branch (False: BGE only).
         select_ratio: Fraction of tokens TSE selects (R).
         tse_dim: TSE embedding width.
@@ -87,7 +89,7 @@ class RDEModule(EmbeddingModule):
         tau: float = 0.015,
         margin: float = 0.1,
         scale: float = 50.0,
-        reduction: Literal["sum", "mean"] = "sum",
+        reduction: Literal["sum", "mean"] | None = None,
         use_tse: bool = True,
         select_ratio: float = 0.3,
         tse_dim: int = 1024,
@@ -166,12 +168,18 @@ class RDEModule(EmbeddingModule):
                           else torch.zeros_like(loss_b[-1]))
         return torch.cat(loss_b), torch.cat(loss_t), sim_b
 
+    def reduction_mode(self) -> Literal["sum", "mean"]:
+        """The batch reduction in force: the configured one, else the reference's for the objective."""
+        if self.hparams.reduction is not None:
+            return self.hparams.reduction
+        return "mean" if self.hparams.objective in ("info_nce", "sdm") else "sum"
+
     def compute_loss(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         loss_b, loss_t, sim_b = self._losses(batch)
         weights = None
         if self.ccd_labels.numel():
             weights = self.ccd_labels[batch["index"]].to(loss_b.dtype)  # (B,) consensus labels
-        loss = obj.reduce(loss_b + loss_t, weights, mode=self.hparams.reduction)
+        loss = obj.reduce(loss_b + loss_t, weights, mode=self.reduction_mode())
         out = {"loss": loss, "loss_bge": loss_b.detach().mean(), "loss_tse": loss_t.detach().mean()}
         if weights is not None:
             out["clean_fraction"] = weights.mean()
