@@ -148,3 +148,21 @@ def test_reduction_defaults_to_the_references_per_objective(tiny_encoder, object
              "label": torch.tensor([0, 1, 2, 3]), "index": torch.arange(4)}
     loss_b, loss_t, _ = module._losses(batch)
     torch.testing.assert_close(module.compute_loss(batch)["loss"], obj.reduce(loss_b + loss_t, mode=expected))
+
+
+def test_similarities_and_losses_stay_fp32_under_autocast(tiny_encoder):
+    from mmembed.methods.rde import objective as obj
+    from mmembed.methods.rde.module import RDEModule
+
+    module = RDEModule(encoder=tiny_encoder(), use_tse=False, text_aug_p=0.0)
+    torch.manual_seed(0)
+    img, txt = F.normalize(torch.randn(6, 16), dim=-1), F.normalize(torch.randn(6, 16), dim=-1)
+    module._dual_embeddings = lambda images, ids: (img, txt, None, None)  # fixed fp32 embeddings
+    batch = {"image": None, "text": torch.zeros(6, 4, dtype=torch.long), "label": torch.arange(6) % 3}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss_b, _, sim = module._losses(batch)
+    assert sim.dtype == torch.float32
+    torch.testing.assert_close(sim, txt @ img.T, rtol=0, atol=0)
+    torch.testing.assert_close(loss_b, obj.tal(txt @ img.T, batch["label"], tau=0.015, margin=0.1))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert (txt @ img.T).dtype == torch.bfloat16  # what the matmul would be without the guard

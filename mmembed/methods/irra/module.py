@@ -106,8 +106,9 @@ class IRRAModule(EmbeddingModule):
         out: dict[str, Tensor] = {}
         loss = img_f.new_zeros(())
         if h.sdm_weight > 0:
-            sim = F.normalize(txt_f, dim=-1) @ F.normalize(img_f, dim=-1).T  # text x image cosines
-            out["sdm"] = sdm(sim, pids, scale=1.0 / h.temperature).mean()
+            with torch.autocast(device_type=img_f.device.type, enabled=False):  # fp32 under mixed precision too
+                sim = F.normalize(txt_f, dim=-1) @ F.normalize(img_f, dim=-1).T  # text x image cosines
+                out["sdm"] = sdm(sim, pids, scale=1.0 / h.temperature).mean()
             loss = loss + h.sdm_weight * out["sdm"]
         if self.classifier is not None:
             img_logits, txt_logits = self.classifier(img_f), self.classifier(txt_f)

@@ -160,12 +160,14 @@ class RDEModule(EmbeddingModule):
         n = int(pids.shape[0])
         group = n if group is None else group
         loss_b, loss_t = [], []
-        for s in range(0, n, group):
-            g = slice(s, s + group)
-            sim_b = txt_b[g] @ img_b[g].T  # text x image cosines
-            loss_b.append(self._per_sample(sim_b, pids[g]))
-            loss_t.append(self._per_sample(txt_t[g] @ img_t[g].T, pids[g]) if img_t is not None
-                          else torch.zeros_like(loss_b[-1]))
+        # similarities and losses in fp32 under mixed precision too (autocast would run the matmuls in 16 bits)
+        with torch.autocast(device_type=img_b.device.type, enabled=False):
+            for s in range(0, n, group):
+                g = slice(s, s + group)
+                sim_b = txt_b[g] @ img_b[g].T  # text x image cosines
+                loss_b.append(self._per_sample(sim_b, pids[g]))
+                loss_t.append(self._per_sample(txt_t[g] @ img_t[g].T, pids[g]) if img_t is not None
+                              else torch.zeros_like(loss_b[-1]))
         return torch.cat(loss_b), torch.cat(loss_t), sim_b
 
     def reduction_mode(self) -> Literal["sum", "mean"]:
