@@ -165,3 +165,24 @@ def test_mlm_inputs_and_loss(sp):
     assert 0.0 <= float(acc) <= 1.0
     with pytest.raises(ValueError, match="word tokens"):
         mlm_inputs(torch.tensor([[sp.sot, sp.eot, sp.pad]]), 0.15, sp)
+
+
+def test_contrast_masked_captions_feeds_the_masked_caption_to_sdm_and_id(tiny_encoder, sp):
+    from mmembed.losses.identity import sdm
+    from mmembed.nn.mlm import mlm_inputs
+
+    batch = {"image": torch.randn(6, 3, 32, 16), "text": captions(sp, 6, words=6),
+             "label": torch.tensor([0, 1, 2, 3, 0, 1])}
+    for official in (True, False):
+        model = IRRAModule(tiny_encoder(), num_classes=4, cmt_depth=1, contrast_masked_captions=official).eval()
+        torch.manual_seed(3)
+        out = model.compute_loss(batch)
+        torch.manual_seed(3)
+        masked, _, _ = mlm_inputs(batch["text"], 0.15, model.encoder.special_tokens)  # the draw compute_loss makes
+        with torch.no_grad():
+            image = F.normalize(model.encoder.encode_image(batch["image"]).embedding, dim=-1)
+            seen = masked if official else batch["text"]
+            text = F.normalize(model.encoder.encode_text(seen).embedding, dim=-1)
+            expected = sdm(text @ image.T, batch["label"], scale=1.0 / 0.02).mean()
+        torch.testing.assert_close(out["sdm"], expected)
+        assert not torch.equal(masked, batch["text"])

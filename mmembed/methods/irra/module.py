@@ -47,6 +47,9 @@ class IRRAModule(EmbeddingModule):
             ``mlm_weight=0`` builds no MLM branch).
         mlm_prob: Probability that a caption word token is selected for MLM.
         cmt_depth: Transformer blocks of the cross-modal MLM branch.
+        contrast_masked_captions: SDM and ID see the MLM-masked caption, as in the official code, whose
+            masking edits the caption tokens in place (anosorae/IRRA#29, #38); one text pass then serves
+            all three terms. False: SDM and ID see the clean caption (the paper's description).
         lr_factor: Learning-rate multiplier of the randomly initialised modules.
         bias_lr_factor: Learning-rate multiplier of parameters named ``*bias*`` (no weight decay).
         optimizer: Optimizer factory (IRRA: Adam).
@@ -69,6 +72,7 @@ class IRRAModule(EmbeddingModule):
         mlm_weight: float = 1.0,
         mlm_prob: float = 0.15,
         cmt_depth: int = 4,
+        contrast_masked_captions: bool = False,
         lr_factor: float = 5.0,
         bias_lr_factor: float = 2.0,
         optimizer: OptimizerCallable = torch.optim.Adam,
@@ -100,8 +104,14 @@ class IRRAModule(EmbeddingModule):
     def compute_loss(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         h = self.hparams
         want_tokens = self.mlm is not None
+        masked = None  # the official code masks the caption in place: every term sees the masked one
+        if self.mlm is not None and h.contrast_masked_captions:
+            masked = mlm_inputs(batch["text"], h.mlm_prob, self.encoder.special_tokens)
         img = self.encoder.encode_image(batch["image"], return_tokens=want_tokens)
-        txt = self.encoder.encode_text(batch["text"])
+        if masked is not None:
+            txt = self.encoder.encode_text(masked[0], return_tokens=True)
+        else:
+            txt = self.encoder.encode_text(batch["text"])
         img_f, txt_f, pids = img.embedding.float(), txt.embedding.float(), batch["label"]
         out: dict[str, Tensor] = {}
         loss = img_f.new_zeros(())
@@ -117,8 +127,11 @@ class IRRAModule(EmbeddingModule):
             out["txt_acc"] = (txt_logits.argmax(1) == pids).float().mean()
             loss = loss + h.id_weight * out["id"]
         if self.mlm is not None:
-            mlm_ids, positions, targets = mlm_inputs(batch["text"], h.mlm_prob, self.encoder.special_tokens)
-            mlm_tokens = self.encoder.encode_text(mlm_ids, return_tokens=True).tokens  # (B, L, D)
+            if masked is not None:
+                (_, positions, targets), mlm_tokens = masked, txt.tokens
+            else:
+                mlm_ids, positions, targets = mlm_inputs(batch["text"], h.mlm_prob, self.encoder.special_tokens)
+                mlm_tokens = self.encoder.encode_text(mlm_ids, return_tokens=True).tokens  # (B, L, D)
             # the vocabulary head runs on the masked positions only (same loss as the reference's
             # cross-entropy with ignore_index over all positions)
             logits = self.mlm(mlm_tokens, img.tokens, positions=positions)  # (M, V)
