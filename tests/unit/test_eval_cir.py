@@ -3,6 +3,8 @@ FashionIQ's two orders, and each protocol's metric keys."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -34,7 +36,7 @@ def test_scores_metrics_and_one_row_by_hand(world, tiny_encoder):
     metrics = cir_metrics(scores, split, "cirr")
     assert set(metrics) == {"r1", "r5", "r10", "r50", "subset_r1", "subset_r2", "subset_r3"}
     assert all(0 <= v <= 100 for v in metrics.values())
-    assert set(cir_metrics(scores, split, "circo")) == {"map5", "map10", "map25", "map50"}
+    assert set(cir_metrics(scores, split, "circo")) == {"map5", "map10", "map25", "map50", "r5", "r10", "r25", "r50"}
     assert set(cir_metrics(scores, split, "genecis")) == {"r1", "r2", "r3"}
 
 
@@ -59,3 +61,15 @@ def test_hidden_targets_ask_for_a_submission():
     split = CIRSplit([CIRQuery(0, 0, ["x"])], ["a", "b"], [])
     with pytest.raises(ValueError, match="submission"):
         cir_metrics(torch.zeros(1, 2), split, "cirr")
+
+
+def test_circo_recall_counts_only_the_captions_own_target():
+    # gallery of 8; the query's own target is 2, its ground truths {2, 3}; 3 ranks first, 2 sixth
+    paths = [Path(f"{i}.png") for i in range(8)]
+    split = CIRSplit([CIRQuery(0, 0, ["is red"], 2, [], [2, 3])], [p.stem for p in paths], paths)
+    scores = torch.tensor([[0.5, 0.6, 0.3, 0.9, 0.8, 0.7, 0.65, 0.1]])
+    got = cir_metrics(scores, split, "circo")
+    assert got["r5"] == 0.0 and got["r10"] == 100.0  # a ground truth at rank 1 does not count for recall
+    assert got["map5"] == pytest.approx(100 * (1 / 1) / 2)  # AP@5: one hit at rank 1, min(5, |G|) = 2
+    hidden = CIRSplit([CIRQuery(0, 0, ["is red"], None, [], [2, 3])], [p.stem for p in paths], paths)
+    assert set(cir_metrics(scores, hidden, "circo")) == {"map5", "map10", "map25", "map50"}  # no target: mAP only
