@@ -78,14 +78,16 @@ class RankedResults(pl.Callback):
 
 
 class ExportArtifacts(pl.Callback):
-    """After ``fit`` (not ``fast_dev_run``), rank zero calls ``pl_module.export(run_folder)`` under
-    the EMA weights when the module keeps them (:meth:`~mmembed.lit.module.TrainModule.ema_weights`)."""
+    """After ``fit`` (not ``fast_dev_run``), rank zero calls ``pl_module.export(run_folder)`` with the
+    weights the module chose for export (:meth:`~mmembed.lit.module.TrainModule.weights_for_export`:
+    the last or the best checkpoint's, EMA-averaged where the module keeps an average)."""
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         out_dir = pl_module.output_dir()  # a collective under DDP: every rank asks
         if trainer.fast_dev_run or not trainer.is_global_zero:
             return
-        context = pl_module.ema_weights() if hasattr(pl_module, "ema_weights") else contextlib.nullcontext()
+        context = (pl_module.weights_for_export() if hasattr(pl_module, "weights_for_export")
+                   else contextlib.nullcontext())
         with context:
             pl_module.export(out_dir)
 

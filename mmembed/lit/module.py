@@ -18,6 +18,9 @@ gradients and steps a per-step scheduler, exactly what the automatic loop does t
 from __future__ import annotations
 
 import contextlib
+import functools
+import importlib
+import inspect
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +34,37 @@ from torch import Tensor, nn
 from mmembed.nn.heads import LogitScale
 
 __all__ = ["TrainModule"]
+
+
+def _import_path(obj: Any) -> str | None:
+    """``module.qualname`` of an importable class or function (None for lambdas and local functions)."""
+    qualname = getattr(obj, "__qualname__", "")
+    module = getattr(obj, "__module__", None)
+    return f"{module}.{qualname}" if module and qualname and "<" not in qualname else None
+
+
+def _plain(value: Any) -> Any:
+    """A hyperparameter as checkpoint-safe plain data: an importable class or function becomes its import
+    path, a keyword-only ``functools.partial`` of one a ``{"class_path", "init_args"}`` dict (the CLI's
+    form); anything else is returned unchanged."""
+    if isinstance(value, functools.partial) and not value.args and _import_path(value.func):
+        return {"class_path": _import_path(value.func), "init_args": dict(value.keywords)}
+    if (isinstance(value, type) or inspect.isfunction(value) or inspect.isbuiltin(value)) and _import_path(value):
+        return _import_path(value)
+    return value
+
+
+def _resolve_factory(value: Any) -> Any:
+    """The inverse of :func:`_plain` for optimizer and scheduler factories read back from a checkpoint."""
+    if isinstance(value, dict) and "class_path" in value and set(value) <= {"class_path", "init_args"}:
+        return functools.partial(_resolve_factory(value["class_path"]), **(value.get("init_args") or {}))
+    if isinstance(value, str) and "." in value:
+        module, _, name = value.rpartition(".")
+        target: Any = importlib.import_module(module.split(".<")[0])
+        for part in name.split("."):
+            target = getattr(target, part)
+        return target
+    return value
 
 
 class TrainModule(pl.LightningModule):
@@ -55,6 +89,9 @@ class TrainModule(pl.LightningModule):
         ema_decay: Keep an exponential moving average of the trainable weights with this decay
             (e.g. 0.999), updated after every optimizer step; None: no EMA.
         ema_eval: Validate, test and export with the EMA weights (when ``ema_decay`` is set).
+        export_weights: Which weights :meth:`export` writes after ``fit``: ``last`` (the end of training)
+            or ``best`` (the checkpoint the run's ``ModelCheckpoint`` ranked best, e.g. by CIRR-val R@1
+            as the official LinCIR / RTD code keeps; with EMA, that checkpoint's average).
     """
 
     def __init__(
@@ -65,6 +102,7 @@ class TrainModule(pl.LightningModule):
         no_decay_1d: bool = True,
         ema_decay: float | None = None,
         ema_eval: bool = True,
+        export_weights: Literal["last", "best"] = "last",
     ) -> None:
         super().__init__()
         if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
@@ -78,11 +116,12 @@ class TrainModule(pl.LightningModule):
             self._hparams_initial.pop(key, None)
         # Read from attributes, never from hparams: under the CLI, hparams hold what the config gave the
         # subclass, which omits a parent argument the subclass sets itself.
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = lr_scheduler
+        self.optimizer_factory = _resolve_factory(optimizer)
+        self.scheduler_factory = _resolve_factory(lr_scheduler)
         self.lr_scheduler_interval = lr_scheduler_interval
         self.no_decay_1d = no_decay_1d
         self.ema_decay, self.ema_eval = ema_decay, ema_eval
+        self.export_weights = export_weights
         self._logit_scales: list[LogitScale] | None = None  # found on the first step
         self._ema: dict[str, Tensor] | None = None
         self._ema_active = False
@@ -251,6 +290,29 @@ class TrainModule(pl.LightningModule):
                     params[n].copy_(value)
             self._ema_active = False
 
+    @contextlib.contextmanager
+    def weights_for_export(self) -> Iterator[None]:
+        """Inside the block the weights are the ones :meth:`export` should write (``export_weights``):
+        the best checkpoint's (its EMA average under ``ema_eval``) or the current ones (EMA-averaged)."""
+        if self.export_weights == "last":
+            with self.ema_weights():
+                yield
+            return
+        path = getattr(getattr(self.trainer, "checkpoint_callback", None), "best_model_path", "")
+        if not path:
+            raise ValueError("export_weights: best needs a ModelCheckpoint with a monitor in trainer.callbacks "
+                             "(it ranks the checkpoints); none recorded a best checkpoint in this run")
+        checkpoint = torch.load(path, map_location=self.device, weights_only=True)
+        saved = {k: v.detach().clone() for k, v in self.state_dict().items()}
+        best = dict(checkpoint["state_dict"])
+        if self.ema_eval and "ema_state" in checkpoint:
+            best.update(checkpoint["ema_state"])
+        self.load_state_dict(best, strict=True)
+        try:
+            yield
+        finally:
+            self.load_state_dict(saved, strict=True)
+
     def _swap_in_ema(self) -> None:
         if self._ema is not None and self.ema_eval and not self._ema_active:
             self._ema_context = self.ema_weights()
@@ -263,6 +325,10 @@ class TrainModule(pl.LightningModule):
             context.__exit__(None, None, None)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # classes and functions among the hyperparameters (a module built in Python) are stored by import
+        # path, so every mmembed checkpoint reads with torch.load(weights_only=True)
+        if isinstance(checkpoint.get("hyper_parameters"), dict):
+            checkpoint["hyper_parameters"] = {k: _plain(v) for k, v in checkpoint["hyper_parameters"].items()}
         if self._ema is not None:
             checkpoint["ema_state"] = {n: t.detach().cpu() for n, t in self._ema.items()}
 

@@ -92,9 +92,8 @@ class Phi(nn.Module):
             blob = torch.load(path, map_location=map_location, weights_only=True)
         except pickle.UnpicklingError as exc:
             raise ValueError(f"{path} holds objects other than tensors and plain values, and is not loaded (only "
-                             "weights are read, so a file cannot run code; a checkpoint of a module built in Python "
-                             "keeps classes among its hyperparameters: use the phi.pt that LinCIR writes instead): "
-                             f"{str(exc).splitlines()[0]}") from exc
+                             "weights are read, so a file cannot run code; LinCIR's phi.pt and .ckpt files hold "
+                             f"plain data only): {str(exc).splitlines()[0]}") from exc
         if path.suffix == ".ckpt" and isinstance(blob, dict):
             blob = blob.get("phi", blob)
         if not isinstance(blob, dict) or "config" not in blob or "state_dict" not in blob:

@@ -35,4 +35,4 @@ def run_ranks(body: Callable[[int], dict], world: int, out_dir: Path) -> list[di
     if not (dist.is_available() and dist.is_gloo_available()):
         pytest.skip("torch.distributed with gloo is not available")
     mp.spawn(_entry, args=(body, world, _free_port(), str(out_dir)), nprocs=world, join=True)
-    return [torch.load(Path(out_dir) / f"rank{r}.pt", weights_only=False) for r in range(world)]
+    return [torch.load(Path(out_dir) / f"rank{r}.pt", weights_only=True) for r in range(world)]

@@ -170,6 +170,9 @@ def test_lincir_trains_phi_only_with_clip_frozen_in_eval_mode(world, tiny_encode
     assert _same(before_clip, _state(module.encoder))
     assert not _same(before_phi, _state(module.phi))
     assert _same(_state(module.phi), _state(Phi.load(tmp_path / "phi.pt")))  # written after fit
+    trainer = module.trainer
+    trainer.save_checkpoint(tmp_path / "python_built.ckpt")  # a module built in Python: its hparams hold classes
+    assert _same(_state(module.phi), _state(Phi.load(tmp_path / "python_built.ckpt")))  # read weights-only
 
 
 def test_rtd_moves_only_the_query_tower_and_keeps_frozen_parts_in_eval_mode(world, tiny_encoder, tmp_path):

@@ -114,8 +114,7 @@ def test_ema_is_saved_and_restored_with_the_checkpoint(tmp_path):
     trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
                          max_epochs=1, num_sanity_val_steps=0, callbacks=[checkpoint])
     trainer.fit(module, _data(), _data(8))
-    # hparams hold the test's optimizer function (Python construction), so this own file is read in full
-    saved = torch.load(tmp_path / "after_val.ckpt", weights_only=False)
+    saved = torch.load(tmp_path / "after_val.ckpt", weights_only=True)  # hparams stored as plain data
     torch.testing.assert_close(saved["state_dict"]["net.weight"], module.net.weight)  # the trained weights
     assert not torch.equal(module.net.weight, module.ema_state["net.weight"])
     fresh = Regression(optimizer=_sgd, ema_decay=0.5)
@@ -184,10 +183,58 @@ def test_a_resumed_run_stretches_a_schedule_that_follows_the_trainer(tmp_path):
     trainer.save_checkpoint(tmp_path / "two.ckpt")
     resumed = Regression(optimizer=_sgd, lr_scheduler=sched)
     trainer = _trainer(max_epochs=4)
-    trainer.fit(resumed, _data(), ckpt_path=str(tmp_path / "two.ckpt"), weights_only=False)
+    trainer.fit(resumed, _data(), ckpt_path=str(tmp_path / "two.ckpt"))
     scheduler = trainer.lr_scheduler_configs[0].scheduler
     assert scheduler.total == 4 and scheduler.last_epoch == 4
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.1 * warmup_cosine_factor(4, 1, 4, 0.1, 0.0))
     # without a total, only the warm-up applies, then a flat 1.0
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
     assert [WarmupCosineLR(opt, warmup=2).factor(s) for s in range(4)] == pytest.approx([0.1, 0.55, 1.0, 1.0])
+
+
+class Exporting(Regression):
+    """Logs a validation score that is best after the first epoch and records what export saw."""
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self.log("val_score", -float(self.current_epoch))
+
+    def export(self, directory: Any) -> list:
+        self.exported = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+        return []
+
+
+@pytest.mark.parametrize("choice", ["best", "last"])
+def test_export_writes_the_chosen_weights(tmp_path, choice):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from mmembed.lit.callbacks import ExportArtifacts
+
+    module = Exporting(optimizer=_sgd, export_weights=choice)
+    best = ModelCheckpoint(dirpath=tmp_path, filename="best", monitor="val_score", mode="max")
+    pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+               default_root_dir=tmp_path, max_epochs=3, num_sanity_val_steps=0,
+               callbacks=[best, ExportArtifacts()]).fit(module, _data(), _data(8))
+    saved = torch.load(best.best_model_path, weights_only=True)["state_dict"]
+    final = module.net.weight.detach()
+    want = saved["net.weight"] if choice == "best" else final
+    torch.testing.assert_close(module.exported["weight"], want)
+    assert not torch.equal(saved["net.weight"], final)  # the two choices really differ
+    torch.testing.assert_close(module.net.weight, final)  # the trained weights are back after the export
+
+
+def test_python_built_checkpoints_read_weights_only_and_rebuild_their_factories(tmp_path):
+    from functools import partial
+
+    module = Regression(optimizer=partial(torch.optim.SGD, lr=0.05, momentum=0.5),
+                        lr_scheduler=partial(WarmupCosineLR, warmup=1))
+    trainer = _trainer(max_epochs=1)
+    trainer.fit(module, _data())
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    saved = torch.load(tmp_path / "m.ckpt", weights_only=True)  # classes and partials stored as plain data
+    assert saved["hyper_parameters"]["optimizer"] == {"class_path": "torch.optim.sgd.SGD",
+                                                       "init_args": {"lr": 0.05, "momentum": 0.5}}
+    reloaded = Regression.load_from_checkpoint(tmp_path / "m.ckpt", weights_only=True)
+    optimizer = reloaded.optimizer_factory(reloaded.parameters())
+    assert isinstance(optimizer, torch.optim.SGD) and optimizer.defaults["momentum"] == 0.5
+    assert isinstance(reloaded.scheduler_factory(optimizer), WarmupCosineLR)
+    torch.testing.assert_close(reloaded.net.weight, module.net.weight)

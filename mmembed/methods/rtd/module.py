@@ -38,7 +38,7 @@ class RTD(ComposedRetrievalModule):
         encoder: :class:`~mmembed.nn.encoders.open_clip.OpenCLIPDualEncoder`: frozen image tower and
             the frozen anchor text tower; the trainable query tower starts as a copy of it
             (``encoder.text_copy(trainable=True)``).
-        phi_checkpoint: The base method's phi (``phi.pt`` from LinCIR, or its ``.ckpt`` from a CLI run).
+        phi_checkpoint: The base method's phi (``phi.pt`` from LinCIR, or its ``.ckpt``).
         noise_scale: Noise on the reference caption embedding before phi (RTD: 0.5, absolute).
         noise_relative: Read ``noise_scale`` relative to the embeddings' mean norm.
         temperature: NT-Xent temperature (RTD: 0.07, fixed).
