@@ -298,7 +298,8 @@ class TrainModule(pl.LightningModule):
             with self.ema_weights():
                 yield
             return
-        path = getattr(getattr(self.trainer, "checkpoint_callback", None), "best_model_path", "")
+        ranked = [c for c in self.trainer.checkpoint_callbacks if getattr(c, "monitor", None)]
+        path = ranked[0].best_model_path if ranked else ""
         if not path:
             raise ValueError("export_weights: best needs a ModelCheckpoint with a monitor in trainer.callbacks "
                              "(it ranks the checkpoints); none recorded a best checkpoint in this run")
