@@ -37,6 +37,7 @@ from mmembed.data.errors import DatasetFormatError
 __all__ = ["CIRDataModule", "CIRGallery", "CIRQueries", "read_caption_records", "read_captions"]
 
 Benchmark = Literal["cirr", "fashioniq", "circo", "genecis"]
+FashionIQOrders = Literal["both", "first"]
 
 
 class CIRGallery(Records):
@@ -58,11 +59,12 @@ class CIRQueries(Dataset):
     """
 
     def __init__(self, name: str, split: CIRSplit, protocol: Benchmark, prompt: str = PROMPT,
-                 gallery: CIRGallery | None = None) -> None:
+                 gallery: CIRGallery | None = None, fashioniq_orders: FashionIQOrders = "both") -> None:
         self.name, self.split, self.protocol = name, split, protocol
         self.gallery = gallery if gallery is not None else CIRGallery(name, split)
         if protocol == "fashioniq":
-            self.prompts = [list(fashioniq_prompts(*q.texts, template=prompt)) for q in split.queries]
+            keep = 2 if fashioniq_orders == "both" else 1  # "first": Pic2Word's single order
+            self.prompts = [list(fashioniq_prompts(*q.texts, template=prompt))[:keep] for q in split.queries]
         else:
             self.prompts = [[composed_prompt(q.texts[0], prompt)] for q in split.queries]
         self.texts = [" / ".join(q.texts) for q in split.queries]  # shown in pictures
@@ -90,6 +92,8 @@ class CIRDataModule(DataModule):
         categories: FashionIQ categories, or GeneCIS task files (without ``.json``).
         image_root: GeneCIS only: the COCO val2017 image folder.
         prompt: Composed-query prompt (``$`` = pseudo word, ``{}`` = modification text).
+        fashioniq_orders: FashionIQ queries: ``both`` caption orders, normalised and summed (LinCIR's,
+            SEARLE's and RTD's protocol), or only the ``first`` ("{c1} and {c2}", Pic2Word's protocol).
         **kwargs: Loader options of :class:`~mmembed.data.base.DataModule` (``batch_size``,
             ``eval_batch_size``, ``num_workers``, ``pin_memory``, ``processor``).
     """
@@ -103,9 +107,13 @@ class CIRDataModule(DataModule):
         categories: Sequence[str] = ("dress", "shirt", "toptee"),
         image_root: str | None = None,
         prompt: str = PROMPT,
+        fashioniq_orders: FashionIQOrders = "both",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if fashioniq_orders not in ("both", "first"):
+            raise ValueError(f"fashioniq_orders must be 'both' or 'first', got {fashioniq_orders!r}")
+        self.fashioniq_orders = fashioniq_orders
         if benchmark not in ("cirr", "fashioniq", "circo", "genecis"):
             raise ValueError(f"benchmark must be cirr, fashioniq, circo or genecis, got {benchmark!r}")
         if "$" not in prompt or "{}" not in prompt:
@@ -139,7 +147,7 @@ class CIRDataModule(DataModule):
         loaders = []
         for name, split in self.query_sets(stage):
             gallery = CIRGallery(name, split)
-            queries = CIRQueries(name, split, self.benchmark, self.prompt, gallery)
+            queries = CIRQueries(name, split, self.benchmark, self.prompt, gallery, self.fashioniq_orders)
             loaders += [self.loader(gallery, train=False), self.loader(queries, train=False)]
         return loaders
 

@@ -57,6 +57,7 @@ def composed_scores(
     protocol: Protocol = "cirr",
     template: str = PROMPT,
     batch_size: int = 256,
+    fashioniq_orders: Literal["both", "first"] = "both",
 ) -> Tensor:
     """Cosine scores of every composed query of a split against its gallery.
 
@@ -68,6 +69,7 @@ def composed_scores(
         protocol: ``fashioniq`` averages the two caption orders; the others use one text.
         template: The prompt, with ``$`` for the pseudo word and ``{}`` for the text.
         batch_size: Queries per forward.
+        fashioniq_orders: ``both`` caption orders (summed) or the ``first`` only (Pic2Word's protocol).
 
     Returns:
         Scores, rows in ``split.queries`` order.
@@ -84,7 +86,7 @@ def composed_scores(
         tokens = phi(gallery[[q.reference for q in queries]])  # (b, W) from the raw reference embedding
         if protocol == "fashioniq":
             pairs = [fashioniq_prompts(*q.texts, template=template) for q in queries]
-            variants = [[p[0] for p in pairs], [p[1] for p in pairs]]
+            variants = [[p[0] for p in pairs], [p[1] for p in pairs]][: 2 if fashioniq_orders == "both" else 1]
         else:
             variants = [[composed_prompt(q.texts[0], template) for q in queries]]
         feats = [F.normalize(text_encoder.encode_text(text_encoder.tokenizer(v).to(gallery.device),

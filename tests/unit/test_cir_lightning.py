@@ -78,19 +78,24 @@ def _fashioniq(world, root):
         (root / "captions" / f"cap.{category}.val.json").write_text(json.dumps(queries))
 
 
-def test_fashioniq_validation_averages_orders_and_categories(world, tiny_encoder, tmp_path):
+@pytest.mark.parametrize("orders", ["both", "first"])
+def test_fashioniq_validation_averages_orders_and_categories(world, tiny_encoder, tmp_path, orders):
     _fashioniq(world, tmp_path / "fiq")
     encoder = tiny_encoder()
     torch.manual_seed(1)
     module = LinCIR(encoder)
     data = CIRDataModule(benchmark="fashioniq", root=str(tmp_path / "fiq"), categories=("dress", "shirt"),
-                         eval_batch_size=5, processor=encoder.processor)
+                         eval_batch_size=5, processor=encoder.processor, fashioniq_orders=orders)
     got = _trainer().validate(module, data, verbose=False)[0]
     per = {}
     for category in ("dress", "shirt"):
         split = read_fashioniq(tmp_path / "fiq", category)
         gallery = encode_images(encoder.eval(), split.gallery_paths, progress=False)
-        scores = composed_scores(split, gallery, module.phi.eval(), encoder, protocol="fashioniq")
+        scores = composed_scores(split, gallery, module.phi.eval(), encoder, protocol="fashioniq",
+                                 fashioniq_orders=orders)
+        if orders == "first":  # Pic2Word's protocol: one query text per query, "{c1} and {c2}"
+            other = composed_scores(split, gallery, module.phi.eval(), encoder, protocol="fashioniq")
+            assert not torch.allclose(scores, other)
         per[category] = cir_metrics(scores, split, "fashioniq")
         for key, value in per[category].items():
             assert got[f"val/fashioniq_{category}_{key}"] == pytest.approx(value, abs=1e-3)
