@@ -77,8 +77,11 @@ class Phi(nn.Module):
 
     @classmethod
     def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> Phi:
-        """Rebuild phi from a file written by :meth:`save` (weights only, loaded strictly), or from a
-        Lightning checkpoint (``.ckpt``) of the LinCIR module, which stores phi under ``"phi"``.
+        """Rebuild phi from a file written by :meth:`save` (weights only, loaded strictly), from a
+        Lightning checkpoint (``.ckpt``) of the LinCIR module, which stores phi under ``"phi"``, or from
+        the released checkpoints: LinCIR / SEARLE ``{"Phi": state_dict}`` and Pic2Word's
+        ``state_dict_img2text`` (``layers.k.0`` and ``fc_out``, ``module.`` prefixes allowed), whose
+        sizes are read from the weights (dropout: the paper's, 0.5 and 0.1; inactive at inference).
 
         Every file is read with ``torch.load(weights_only=True)``: tensors, containers and plain values
         only, so a crafted file cannot run code on load.
@@ -96,12 +99,42 @@ class Phi(nn.Module):
                              f"plain data only): {str(exc).splitlines()[0]}") from exc
         if path.suffix == ".ckpt" and isinstance(blob, dict):
             blob = blob.get("phi", blob)
+        if isinstance(blob, dict) and not ("config" in blob and "state_dict" in blob):
+            blob = _released(blob)
         if not isinstance(blob, dict) or "config" not in blob or "state_dict" not in blob:
             raise ValueError(f"{path} is not a phi checkpoint (expected the keys config and state_dict written "
-                             "by Phi.save)")
+                             "by Phi.save, or a released LinCIR / SEARLE ({'Phi': ...}) or Pic2Word "
+                             "(state_dict_img2text) file)")
         phi = cls(**blob["config"])
         phi.load_state_dict(blob["state_dict"], strict=True)
         return phi
+
+
+def _released(blob: dict[str, Any]) -> Any:
+    """A released phi checkpoint in :meth:`Phi.save`'s form, or ``blob`` unchanged if it is none.
+
+    LinCIR / SEARLE: ``{"Phi": {"layers.0/3/6.*"}}``, the same layer indices as ``arch="lincir"``.
+    Pic2Word: ``state_dict_img2text`` with ``layers.0.0``, ``layers.1.0`` and ``fc_out`` (Linear ->
+    Dropout -> ReLU blocks, then the output layer), mapped to ``arch="pic2word"``'s ``layers.0/3/6``.
+    """
+    if isinstance(blob.get("Phi"), dict):
+        state, arch = dict(blob["Phi"]), "lincir"
+    elif isinstance(blob.get("state_dict_img2text"), dict):
+        raw = {k.removeprefix("module."): v for k, v in blob["state_dict_img2text"].items()}
+        rename = {"layers.0.0": "layers.0", "layers.1.0": "layers.3", "fc_out": "layers.6"}
+        state = {}
+        for key, value in raw.items():
+            prefix, _, leaf = key.rpartition(".")
+            if prefix not in rename:
+                raise ValueError(f"unexpected Pic2Word key {key!r} (expected layers.0.0, layers.1.0, fc_out)")
+            state[f"{rename[prefix]}.{leaf}"] = value
+        arch = "pic2word"
+    else:
+        return blob
+    first, last = state["layers.0.weight"], state["layers.6.weight"]
+    config = {"input_dim": int(first.shape[1]), "output_dim": int(last.shape[0]), "hidden_dim": int(first.shape[0]),
+              "dropout": None, "arch": arch}
+    return {"config": config, "state_dict": state}
 
 
 def noise_std(embeddings: Tensor, scale: float, relative: bool = False) -> float:

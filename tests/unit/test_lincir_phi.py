@@ -86,3 +86,34 @@ def test_pic2word_architecture_and_roundtrip(tmp_path):
     torch.testing.assert_close(Phi.load(phi.save(tmp_path / "p.pt")).eval()(x), phi(x))
     with pytest.raises(ValueError, match="arch"):
         Phi(16, 24, arch="searle")
+
+
+def test_released_lincir_and_pic2word_files_load(tmp_path):
+    from torch import nn
+
+    torch.manual_seed(0)
+    lincir = Phi(16, 24, hidden_dim=32).eval()
+    torch.save({"Phi": lincir.state_dict()}, tmp_path / "lincir_phi.pt")  # LinCIR / SEARLE's release layout
+    loaded = Phi.load(tmp_path / "lincir_phi.pt")
+    assert loaded.config == {"input_dim": 16, "output_dim": 24, "hidden_dim": 32, "dropout": 0.5, "arch": "lincir"}
+    x = torch.randn(5, 16)
+    torch.testing.assert_close(loaded.eval()(x), lincir(x))
+
+    class Img2Text(nn.Module):  # Pic2Word's mapping network as its release names it
+        def __init__(self) -> None:
+            super().__init__()
+            self.layers = nn.Sequential(*[nn.Sequential(nn.Linear(d, 32), nn.Dropout(0.1), nn.ReLU()) for d in (16, 32)])
+            self.fc_out = nn.Linear(32, 24)
+
+        def forward(self, e: torch.Tensor) -> torch.Tensor:
+            return self.fc_out(self.layers(e))
+
+    pic2word = Img2Text().eval()
+    state = {f"module.{k}": v for k, v in pic2word.state_dict().items()}  # saved from DataParallel
+    torch.save({"epoch": 30, "state_dict_img2text": state}, tmp_path / "pic2word.pt")
+    loaded = Phi.load(tmp_path / "pic2word.pt").eval()
+    assert loaded.config["arch"] == "pic2word" and loaded.config["dropout"] == 0.1
+    torch.testing.assert_close(loaded(x), pic2word(x))
+    torch.save({"weights": {}}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="released LinCIR"):
+        Phi.load(tmp_path / "other.pt")
