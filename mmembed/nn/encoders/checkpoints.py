@@ -19,7 +19,10 @@ def load_state_dict_file(path: str | Path, prefix: str | None = None) -> dict[st
 
     Accepts a plain state dict, an open_clip training checkpoint
     (``{"state_dict": ...}`` with ``module.`` prefixes), a Lightning checkpoint
-    of an mmembed module (keys under ``encoder.model.``), or a safetensors file.
+    of an mmembed module (keys under ``encoder.model.``), a safetensors file, or
+    transformers CLIP weights (a state dict, ``{"CLIPTextModelWithProjection": ...}``
+    as RTD releases it, or a ``save_pretrained`` folder), converted to open_clip's
+    layout (:mod:`mmembed.nn.encoders.hf_clip`).
     Files are read with ``weights_only=True``.
 
     Args:
@@ -30,7 +33,12 @@ def load_state_dict_file(path: str | Path, prefix: str | None = None) -> dict[st
     Returns:
         The state dict.
     """
+    from mmembed.nn.encoders.hf_clip import hf_clip_to_open_clip, is_hf_clip, read_hf_folder
+
     path = Path(path)
+    if path.is_dir():  # a transformers save_pretrained folder
+        sd = read_hf_folder(path)
+        return hf_clip_to_open_clip(sd) if is_hf_clip(sd) else sd
     if not path.is_file():
         raise FileNotFoundError(
             f"checkpoint {path} does not exist. mmembed never downloads weights: pass the path of a local file "
@@ -49,11 +57,16 @@ def load_state_dict_file(path: str | Path, prefix: str | None = None) -> dict[st
                 "Re-save it as a plain state dict (torch.save(model.state_dict(), path))."
             ) from exc
         sd = obj.get("state_dict", obj) if isinstance(obj, dict) else obj
+        for released in ("CLIPModel", "CLIPTextModelWithProjection", "CLIPVisionModelWithProjection"):
+            if isinstance(sd, dict) and isinstance(sd.get(released), dict):  # RTD's release: {class name: weights}
+                sd = sd[released]
         if not isinstance(sd, dict):
             raise ValueError(f"{path} holds a {type(sd).__name__}, expected a state dict")
     for wrapper in _WRAPPER_PREFIXES:
         if sd and all(k.startswith(wrapper) for k in sd):
             sd = {k[len(wrapper) :]: v for k, v in sd.items()}
+    if is_hf_clip(sd):
+        sd = hf_clip_to_open_clip(sd)
     if prefix is None and any(k.startswith("encoder.model.") for k in sd):
         prefix = "encoder.model."
     if prefix:
@@ -137,6 +150,10 @@ def stored_config(path: str | Path) -> dict[str, Any] | None:
     """The architecture config saved beside a weights file, where there is one: ``<stem>_config.json``
     next to ``<stem>_model.pt`` (what :meth:`OpenCLIPDualEncoder.export` writes), else ``<file>.json``."""
     path = Path(path)
+    if path.is_dir():  # a transformers save_pretrained folder: its config.json in open_clip's terms
+        from mmembed.nn.encoders.hf_clip import hf_clip_config
+
+        return hf_clip_config(path)
     candidates = [path.with_suffix(".json")]
     if path.stem.endswith("_model"):
         candidates.insert(0, path.with_name(path.stem[: -len("_model")] + "_config.json"))

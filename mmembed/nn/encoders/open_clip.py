@@ -59,7 +59,8 @@ class OpenCLIPDualEncoder(nn.Module):
         model_name: open_clip architecture name, e.g. ``"ViT-B-16"``.
         model_config: open_clip-style config dict; overrides ``model_name``'s config.
         pretrained: Local path of weights (plain open_clip state dict, open_clip
-            training checkpoint, mmembed Lightning checkpoint or safetensors).
+            training checkpoint, mmembed Lightning checkpoint, safetensors, or transformers CLIP
+            weights: a state dict or a ``save_pretrained`` folder, converted on load).
         pretrained_grid: Patch grid (rows, cols) the weights were trained with;
             inferred when ``None`` (square if possible).
         image_size: Input (height, width); position embeddings are interpolated
