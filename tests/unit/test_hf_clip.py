@@ -71,3 +71,33 @@ def hf_clip_config_from(hf) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         hf.config.save_pretrained(folder)
         return hf_clip_config(folder)
+
+
+def test_rtd_query_tower_starts_from_the_released_text_encoder(tmp_path):
+    import warnings
+
+    from mmembed.methods.rtd.module import RTD
+    from mmembed.nn.phi import Phi
+
+    hf = _tiny_hf_clip()
+    hf.save_pretrained(tmp_path / "hf")
+    config = hf_clip_config(tmp_path / "hf")
+    text = {k: v for k, v in hf.state_dict().items() if k.startswith(("text_model.", "text_projection."))}
+    torch.save({"CLIPTextModelWithProjection": text}, tmp_path / "rtd_text.pt")
+    phi = Phi(16, 32).save(tmp_path / "phi.pt")
+    torch.manual_seed(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the frozen CLIP is random here
+        module = RTD(encoder=OpenCLIPDualEncoder(model_config=config), phi_checkpoint=str(phi),
+                     query_checkpoint=str(tmp_path / "rtd_text.pt")).eval()
+    ids = module.encoder.tokenizer(["is red and larger", "a photo of a dog"])
+    with torch.no_grad():
+        want = _features(hf.get_text_features(input_ids=ids))
+        torch.testing.assert_close(module.query_encoder.encode_text(ids).embedding, want, atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(module.encoder.encode_text(ids).embedding, want, atol=1e-3)  # the anchor is untouched
+    assert all(p.requires_grad for n, p in module.query_encoder.named_parameters() if "logit" not in n)
+    torch.save({"token_embedding.weight": torch.zeros(3, 3)}, tmp_path / "wrong.pt")
+    with pytest.raises(ValueError, match="do not fit this text tower"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        RTD(encoder=OpenCLIPDualEncoder(model_config=config), phi_checkpoint=str(phi),
+            query_checkpoint=str(tmp_path / "wrong.pt"))

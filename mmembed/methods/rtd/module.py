@@ -39,6 +39,10 @@ class RTD(ComposedRetrievalModule):
             the frozen anchor text tower; the trainable query tower starts as a copy of it
             (``encoder.text_copy(trainable=True)``).
         phi_checkpoint: The base method's phi (``phi.pt`` from LinCIR, or its ``.ckpt``).
+        query_checkpoint: Start the query tower from these text weights instead of the frozen tower:
+            RTD's released text encoder (``{"CLIPTextModelWithProjection": ...}``, transformers names),
+            an ``open_clip_query_model.pt`` export, or any file the encoder's ``pretrained`` reads.
+            Only the text tower is taken; evaluating a released RTD model is ``mmembed test`` with it.
         noise_scale: Noise on the reference caption embedding before phi (RTD: 0.5, absolute).
         noise_relative: Read ``noise_scale`` relative to the embeddings' mean norm.
         temperature: NT-Xent temperature (RTD: 0.07, fixed).
@@ -57,6 +61,7 @@ class RTD(ComposedRetrievalModule):
         self,
         encoder: nn.Module,
         phi_checkpoint: str | None = None,
+        query_checkpoint: str | None = None,
         noise_scale: float = 0.5,
         noise_relative: bool = False,
         temperature: float = 0.07,
@@ -75,6 +80,8 @@ class RTD(ComposedRetrievalModule):
                              "phi was trained for another CLIP")
         self.phi.requires_grad_(False).eval()
         self.query_encoder = encoder.text_copy(trainable=True)
+        if query_checkpoint is not None:
+            self.query_encoder.load_text_weights(query_checkpoint)
 
     def query_text_encoder(self) -> nn.Module:
         return self.query_encoder

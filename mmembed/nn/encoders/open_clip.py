@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mmembed.nn.encoders.blocks import run_transformer, timm_tokens
 from mmembed.nn.encoders.checkpoints import config_differences, load_state_dict_file, resize_pos_embed, stored_config
 from mmembed.nn.encoders.transforms import (
     OPENAI_MEAN,
@@ -29,22 +30,6 @@ from mmembed.types import EmbeddingOutput, Processor, SpecialTokens
 _CLIP_PAD, _CLIP_SOT, _CLIP_EOT = 0, 49406, 49407
 _CLIP_REPURPOSED_MASK = 49405  # the last merge, repurposed as <|mask|> (IRRA's convention)
 _CLIP_PSEUDO = 259  # a stand-alone "$" ("$</w>"): the pseudo-word slot of composed queries
-
-
-def _run_block(block: nn.Module, x: Tensor, attn_mask: Tensor | None, need_weights: bool) -> tuple[Tensor, Tensor | None]:
-    """Run one open_clip residual block, optionally returning head-averaged attention."""
-    if not need_weights:
-        return block(x, attn_mask=attn_mask), None
-    if not hasattr(block, "ln_1") or not isinstance(getattr(block, "attn", None), nn.MultiheadAttention):
-        raise NotImplementedError(
-            f"attention maps need a standard open_clip ResidualAttentionBlock, got {type(block).__name__}"
-        )
-    y = block.ln_1(x)
-    mask = attn_mask.to(y.dtype) if attn_mask is not None else None
-    out, weights = block.attn(y, y, y, need_weights=True, average_attn_weights=True, attn_mask=mask)
-    x = x + block.ls_1(out)
-    x = x + block.ls_2(block.mlp(block.ln_2(x)))
-    return x, weights  # (B, L, D), (B, L, L)
 
 
 class OpenCLIPDualEncoder(nn.Module):
@@ -168,6 +153,17 @@ class OpenCLIPDualEncoder(nn.Module):
                 f"(first: {missing[:5]}), {len(result.unexpected_keys)} unexpected (first: {result.unexpected_keys[:5]}). "
                 "Check model_name/model_config, or pass strict: false to load what matches."
             )
+
+    def load_text_weights(self, path: str | Path) -> None:
+        """Load the text tower's weights from a file (any layout :func:`load_state_dict_file` reads),
+        strictly for the text tower; image-tower keys in the file are ignored."""
+        sd = {k: v for k, v in load_state_dict_file(path).items() if not k.startswith("visual.")}
+        expected = {k for k in self.model.state_dict() if not k.startswith("visual.") and not k.endswith("attn_mask")}
+        missing, unexpected = sorted(expected - set(sd) - {"logit_scale", "logit_bias"}), sorted(set(sd) - expected)
+        if missing or unexpected:
+            raise ValueError(f"text weights in {path} do not fit this text tower: missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]}")
+        self.model.load_state_dict(sd, strict=False)
 
     def export(self, directory: str | Path, stem: str = "open_clip",
                text_from: OpenCLIPDualEncoder | None = None) -> tuple[Path, Path]:
@@ -351,7 +347,7 @@ class OpenCLIPDualEncoder(nn.Module):
             else:
                 feats = visual.trunk.forward_features(images)
             pooled = visual.head(visual.trunk.forward_head(feats))  # = visual(images), without a second pass
-            tokens = self._timm_tokens(visual, feats) if return_tokens else None
+            tokens = timm_tokens(visual, feats) if return_tokens else None
             mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device) if return_tokens else None
             return EmbeddingOutput(pooled, tokens, mask, stages=stages)
         if getattr(visual, "attn_pool", None) is not None or getattr(visual, "final_ln_after_pool", False):
@@ -363,7 +359,7 @@ class OpenCLIPDualEncoder(nn.Module):
         cls = visual.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], -1, -1)
         x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)  # (B, 1+h*w, C)
         x = visual.ln_pre(visual.patch_dropout(x))
-        x, attn, hidden = self._run_transformer(visual.transformer, x, None, return_attention, return_stages)
+        x, attn, hidden = run_transformer(visual.transformer, x, None, return_attention, return_stages)
         x = visual.ln_post(x)
         tokens = x @ visual.proj if visual.proj is not None else x  # (B, L, C) -> (B, L, D)
         pooled = tokens[:, 1:].mean(1) if visual.pool_type == "avg" else tokens[:, 0]
@@ -371,32 +367,6 @@ class OpenCLIPDualEncoder(nn.Module):
         stages = [h[:, 1:] for h in hidden] if return_stages else None  # patch tokens only
         return EmbeddingOutput(pooled, tokens if return_tokens else None, mask if return_tokens else None, attn,
                                stages)
-
-    @staticmethod
-    def _timm_tokens(visual: nn.Module, feats: Tensor) -> Tensor:
-        """Per-location tokens of a timm tower in the joint space.
-
-        CNN maps: every location goes through the trunk's own head (pooling a 1x1 map is the
-        identity) and then open_clip's head, as if it were the whole image. With average pooling
-        and a linear head the tokens' mean is the global embedding exactly; with a nonlinear head
-        (mobilenetv3's conv head, ``timm_proj=None``) they are in the same space but their mean
-        is not. Token sequences (timm ViTs) and attention-pooled CNNs get open_clip's
-        dropout / projection layers only.
-
-        Shapes:
-            feats: (B, C, h, w) or (B, L, C) -> (B, h*w or L, D).
-        """
-        layers = dict(visual.head.named_children())
-        if feats.ndim == 4 and "pool" not in layers:
-            b, c, h, w = feats.shape
-            cells = feats.permute(0, 2, 3, 1).reshape(b * h * w, c, 1, 1)  # (B*h*w, C, 1, 1)
-            return visual.head(visual.trunk.forward_head(cells)).reshape(b, h * w, -1)
-        if feats.ndim == 4:  # (B, C, h, w) -> (B, h*w, C)
-            feats = feats.flatten(2).transpose(1, 2)
-        for name in ("drop", "proj", "mlp"):
-            if name in layers:
-                feats = layers[name](feats)  # (B, L, C) -> (B, L, D)
-        return feats
 
     # --------------------------------------------------------------------- text
     def encode_text(self, text: Tensor, return_tokens: bool = False, return_attention: bool = False,
@@ -448,7 +418,7 @@ class OpenCLIPDualEncoder(nn.Module):
             x = torch.where(slot[..., None], pseudo_tokens[:, None, :].to(x.dtype), x)
         x = x.to(cast) + tower.positional_embedding[:seq_len].to(cast)  # (B, L, C)
         mask = tower.attn_mask[:seq_len, :seq_len] if tower.attn_mask is not None else None
-        x, attn, _ = self._run_transformer(tower.transformer, x, mask, return_attention)
+        x, attn, _ = run_transformer(tower.transformer, x, mask, return_attention)
         x = tower.ln_final(x)
         proj = tower.text_projection
         if proj is None:
@@ -468,28 +438,6 @@ class OpenCLIPDualEncoder(nn.Module):
             end = (text != 0).sum(dim=-1) - 1
         valid = torch.arange(seq_len, device=text.device)[None, :] <= end[:, None]  # (B, L)
         return EmbeddingOutput(pooled, tokens if return_tokens else None, valid if return_tokens else None, attn)
-
-    @staticmethod
-    def _run_transformer(
-        transformer: nn.Module, x: Tensor, attn_mask: Tensor | None, return_attention: bool, keep_last: int = 0
-    ) -> tuple[Tensor, Tensor | None, list[Tensor]]:
-        """Run the blocks; returns the output, the last block's attention (if asked) and the
-        batch-first outputs of the last ``keep_last`` blocks."""
-        batch_first = getattr(transformer, "batch_first", True)
-        if not batch_first:
-            x = x.transpose(0, 1)
-        blocks = list(transformer.resblocks)
-        if keep_last > len(blocks):
-            raise ValueError(f"asked for the last {keep_last} blocks of a {len(blocks)}-block tower")
-        attn, hidden = None, []
-        for i, block in enumerate(blocks):
-            x, w = _run_block(block, x, attn_mask, return_attention and i == len(blocks) - 1)
-            attn = w if w is not None else attn
-            if i >= len(blocks) - keep_last:
-                hidden.append(x if batch_first else x.transpose(0, 1))
-        if not batch_first:
-            x = x.transpose(0, 1)
-        return x, attn, hidden
 
     def forward(self, images: Tensor, text: Tensor) -> tuple[Tensor, Tensor]:
         """Global image and text embeddings (not normalised). Shapes: (B, D), (B, D)."""
