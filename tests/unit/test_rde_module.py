@@ -166,3 +166,34 @@ def test_similarities_and_losses_stay_fp32_under_autocast(tiny_encoder):
     torch.testing.assert_close(loss_b, obj.tal(txt @ img.T, batch["label"], tau=0.015, margin=0.1))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert (txt @ img.T).dtype == torch.bfloat16  # what the matmul would be without the guard
+
+
+def test_released_rde_checkpoints_load_into_the_module(tiny_encoder, tmp_path):
+    from mmembed.methods.rde.module import RDEModule
+
+    source = RDEModule(encoder=tiny_encoder(), tse_dim=16)
+    # the official layout, written out by hand: CLIP under base_model, the heads' own names, fp16 weights
+    heads = {"tse.image_head.": ("visul_emb_layer.", "fc"), "tse.text_head.": ("texual_emb_layer.", "linear")}
+    mlp = {"mlp.0": "mlp.layers.0", "mlp.1": "mlp.bns.0", "mlp.3": "mlp.layers.1"}
+    official = {}
+    for key, value in source.state_dict().items():
+        if key.startswith("encoder.model."):
+            official["base_model." + key[len("encoder.model."):]] = value.half()
+            continue
+        prefix = next(p for p in heads if key.startswith(p))
+        name, fc = heads[prefix]
+        rest = key[len(prefix):]
+        part, leaf = rest.rsplit(".", 1)
+        official[name + (fc if part == "fc" else mlp[part]) + "." + leaf] = value.half()
+    official["visul_emb_layer.linear.weight"] = torch.zeros(16, 16)  # built but unused in the official code
+    official["texual_emb_layer.mlp.bns.1.weight"] = torch.ones(16)
+    torch.save({"model": official, "epoch": 60}, tmp_path / "best.pth")
+
+    loaded = RDEModule(encoder=tiny_encoder(), tse_dim=16, released_checkpoint=str(tmp_path / "best.pth"))
+    for key, value in source.state_dict().items():
+        if value.is_floating_point():
+            torch.testing.assert_close(loaded.state_dict()[key], value.half().float(), msg=key)
+    official["texual_emb_layer.extra.weight"] = torch.zeros(1)
+    torch.save(official, tmp_path / "odd.pth")
+    with pytest.raises(ValueError, match="unexpected key"):
+        RDEModule(encoder=tiny_encoder(), tse_dim=16, released_checkpoint=str(tmp_path / "odd.pth"))

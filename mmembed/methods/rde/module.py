@@ -72,6 +72,9 @@ class RDEModule(EmbeddingModule):
         ccd_augment: The CCD pass reads the training split with the training augmentations, as
             the reference does (False: eval transforms). Its loader comes from the datamodule
             (:meth:`~mmembed.data.base.DataModule.train_pass_dataloader`).
+        released_checkpoint: Start from an official RDE checkpoint (``QinYang79/RDE`` / Hugging Face
+            ``Yangsss/RDE``: ``base_model``, ``visul_emb_layer``, ``texual_emb_layer``), loaded strictly;
+            ``mmembed test`` with it evaluates the released model.
         tse_lr: Learning rate of every TSE parameter.
         bias_lr_factor: Learning-rate multiplier for encoder parameters named ``*bias*``
             (which also get no weight decay).
@@ -102,6 +105,7 @@ class RDEModule(EmbeddingModule):
         bn_train_mode: bool = False,
         text_aug_p: float = 0.2,
         ccd_augment: bool = True,
+        released_checkpoint: str | None = None,
         tse_lr: float = 1e-3,
         bias_lr_factor: float = 2.0,
         optimizer: OptimizerCallable = torch.optim.Adam,
@@ -114,6 +118,14 @@ class RDEModule(EmbeddingModule):
         self.register_buffer("ccd_labels", torch.ones(0), persistent=False)  # (N,) set by CCD each epoch
         self._epoch_start, self._train_seconds = 0.0, None
         self._clean_flags: np.ndarray | None = None  # ground-truth flags of the training set, set per epoch
+        if released_checkpoint is not None:
+            from mmembed.methods.rde.released import read_released_rde
+
+            result = self.load_state_dict(read_released_rde(released_checkpoint), strict=False)
+            missing = [k for k in result.missing_keys if not k.endswith("attn_mask") and "logit_" not in k]
+            if missing or result.unexpected_keys:
+                raise ValueError(f"{released_checkpoint} does not fit this RDEModule: missing {missing[:5]}, unexpected "
+                                 f"{result.unexpected_keys[:5]} (check the encoder's model_name / image_size, tse_dim)")
 
     # ----------------------------------------------------------------- scoring
     def _per_sample(self, sim: Tensor, pids: Tensor) -> Tensor:
