@@ -106,17 +106,24 @@ def _positions(names: list[str], position: dict[str, int], path: Path, what: str
 def read_cirr(root: str | Path, split: str = "val") -> CIRSplit:
     """CIRR (or SynthCIR): gallery = every image of the split file; queries keep ``members``.
 
+    ``root`` is the dataset folder as released: annotations under ``cirr/captions`` and
+    ``cirr/image_splits``, images (``train/``, ``dev/``, ``test1/``) at the paths the split files give,
+    relative to ``root``. A folder with ``captions/`` and ``image_splits/`` directly under it (SynthCIR's
+    layout) reads the same way.
+
     Raises:
         FileNotFoundError: If a file is missing.
         ValueError: On malformed entries or names outside the gallery.
     """
     root = Path(root)
-    hint = "expected the CIRR layout (captions/cap.rc2.<split>.json, image_splits/split.rc2.<split>.json)"
-    images = _read_json(root / "image_splits" / f"split.rc2.{split}.json", hint)
+    annotations = root / "cirr" if (root / "cirr" / "captions").is_dir() else root
+    hint = ("expected the CIRR layout (cirr/captions/cap.rc2.<split>.json and cirr/image_splits/split.rc2.<split>.json "
+            "under the dataset folder, or captions/ and image_splits/ directly under it)")
+    images = _read_json(annotations / "image_splits" / f"split.rc2.{split}.json", hint)
     names = list(images)
-    paths = [root / images[n] for n in names]
+    paths = [root / images[n] for n in names]  # the split files' paths are relative to the dataset folder
     position = {n: i for i, n in enumerate(names)}
-    cap_path = root / "captions" / f"cap.rc2.{split}.json"
+    cap_path = annotations / "captions" / f"cap.rc2.{split}.json"
     records = _read_json(cap_path, hint)
     _check(records, ("pairid", "reference", "caption", "img_set"), cap_path)
     queries = []

@@ -88,3 +88,21 @@ def test_genecis_object_task_keeps_per_query_galleries(tmp_path):
     assert split.gallery_paths[0].name == "000000000005.jpg"
     scores = torch.tensor([[0.0, 0.2, 0.9]])  # positions: 5 (reference), 8 (target), 9
     assert cirr_subset_recall(scores, [q.target], [q.reference], [q.members], ks=(1, 2)) == {"r1": 0.0, "r2": 100.0}
+
+
+def test_cirr_reads_the_released_layout_without_symlinks(tmp_path):
+    import shutil
+
+    flat = tmp_path / "flat"
+    write_synth_cir(flat, seed=0)
+    released = tmp_path / "CIRR"
+    shutil.copytree(flat, released)
+    (released / "cirr").mkdir()
+    for folder in ("captions", "image_splits"):  # annotations under cirr/, images where the split files say
+        shutil.move(str(released / folder), str(released / "cirr" / folder))
+    a, b = read_cirr(flat, "val"), read_cirr(released, "val")
+    assert a.gallery_names == b.gallery_names and [q.target for q in a.queries] == [q.target for q in b.queries]
+    assert all(p.is_file() for p in b.gallery_paths)
+    assert [p.relative_to(released) for p in b.gallery_paths] == [p.relative_to(flat) for p in a.gallery_paths]
+    with pytest.raises(FileNotFoundError, match="cirr/captions"):
+        read_cirr(tmp_path / "missing", "val")
