@@ -35,8 +35,10 @@ PROMPT = "a photo of $ that {}"
 
 
 def composed_prompt(text: str, template: str = PROMPT) -> str:
-    """The query text of one modification: ``template`` filled with the stripped text."""
-    return template.format(text.strip().strip(".?, ").strip())
+    """The query text of one modification: ``template`` filled with the text as written (surrounding
+    whitespace aside; its punctuation stays, as in the official CIRR / CIRCO / GeneCIS and RTD code; only
+    FashionIQ's captions are stripped, by :func:`fashioniq_prompts`)."""
+    return template.format(text.strip())
 
 
 def fashioniq_prompts(first: str, second: str, template: str = PROMPT) -> tuple[str, str]:

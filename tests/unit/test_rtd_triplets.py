@@ -58,7 +58,7 @@ def test_prompts_and_refined_batch_order():
         rtd_pairs,
     )
 
-    assert composed_prompt(" is red. ") == "a photo of $ that is red"
+    assert composed_prompt(" is red. ") == "a photo of $ that is red."  # punctuation kept, as the official code
     assert fashioniq_prompts("is red.", "has long sleeves?") == (
         "a photo of $ that is red and has long sleeves", "a photo of $ that has long sleeves and is red")
     triplets = [TextTriplet("a red car", "make it blue", "a blue car"),
