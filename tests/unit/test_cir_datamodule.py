@@ -113,3 +113,24 @@ def test_eval_loaders_come_in_gallery_query_pairs(world, tiny_encoder):
     assert (q["text"] == encoder.special_tokens.pseudo).any(dim=1).all()
     with pytest.raises(ValueError, match="prompt"):
         CIRDataModule(prompt="a photo of {}")
+
+
+def test_lincir_cuts_long_captions_to_75_tokens_before_masking(tmp_path, tiny_encoder):
+    from mmembed.methods.lincir.data import TokenBudget
+
+    long = "a red car " + " ".join(["very"] * 100) + " blue bus"  # 105 BPE tokens
+    (tmp_path / "c.txt").write_text(f"a red car on the road\n{long}\n")
+    encoder = tiny_encoder()
+    tokenizer = encoder.processor.tokenizer
+    data = CaptionDataModule(captions=str(tmp_path / "c.txt"), batch_size=2, processor=encoder.processor)
+    items = data.train_dataloader().dataset
+    assert items[0]["masked"] == "$ on $"  # within the budget: unchanged
+    cut = TokenBudget(tokenizer, 75)(long)
+    assert len(tokenizer.encode(cut)) == 75 and "bus" not in cut and cut.startswith("a red car very")
+    assert items[1]["masked"].startswith("$ very") and "bus" not in items[1]["masked"]  # masked after the cut
+    assert items[1]["text"] == long  # the target caption itself is tokenised (and cut) by the model
+    whole = CaptionDataModule(captions=str(tmp_path / "c.txt"), batch_size=2, processor=encoder.processor,
+                              max_tokens=None)
+    assert whole.train_dataloader().dataset[1]["masked"].endswith("$")  # "blue bus" masked: no cut
+    with pytest.raises(TypeError, match="encode/decode"):
+        TokenBudget(lambda texts: None, 75)

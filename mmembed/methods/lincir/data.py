@@ -12,7 +12,28 @@ from torch.utils.data import Dataset
 from mmembed.data.cir_datamodule import CIRDataModule, read_captions
 from mmembed.methods.lincir.keywords import mask_keywords
 
-__all__ = ["CaptionDataModule"]
+__all__ = ["CaptionDataModule", "TokenBudget"]
+
+
+class TokenBudget:
+    """Cut a caption to its first ``max_tokens`` BPE tokens, as the official LinCIR code does before keyword
+    masking (so the ``$`` slots fall inside the text encoder's context). Captions within the budget are
+    returned unchanged.
+
+    Args:
+        tokenizer: A tokenizer with ``encode(text) -> ids`` and ``decode(ids) -> text`` (open_clip's BPE).
+        max_tokens: Token budget (LinCIR: 75, the context of 77 minus SOT and EOT).
+    """
+
+    def __init__(self, tokenizer: Any, max_tokens: int) -> None:
+        if not (hasattr(tokenizer, "encode") and hasattr(tokenizer, "decode")):
+            raise TypeError(f"cutting captions to {max_tokens} tokens needs a tokenizer with encode/decode, got "
+                            f"{type(tokenizer).__name__}; set data.init_args.max_tokens: null")
+        self.tokenizer, self.max_tokens = tokenizer, max_tokens
+
+    def __call__(self, caption: str) -> str:
+        ids = self.tokenizer.encode(caption)
+        return caption if len(ids) <= self.max_tokens else self.tokenizer.decode(ids[: self.max_tokens]).strip()
 
 
 class _MaskedCaptions(Dataset):
@@ -24,15 +45,16 @@ class _MaskedCaptions(Dataset):
         item: text, masked (strings), index.
     """
 
-    def __init__(self, captions: list[str], tagger: str, seed: int) -> None:
-        self.captions, self.tagger, self.seed = captions, tagger, seed
+    def __init__(self, captions: list[str], tagger: str, seed: int, budget: TokenBudget | None = None) -> None:
+        self.captions, self.tagger, self.seed, self.budget = captions, tagger, seed, budget
 
     def __len__(self) -> int:
         return len(self.captions)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         caption = self.captions[i]
-        masked = mask_keywords(caption, random.Random(self.seed * 1_000_003 + i), self.tagger)
+        cut = self.budget(caption) if self.budget is not None else caption  # cut first, then mask (official order)
+        masked = mask_keywords(cut, random.Random(self.seed * 1_000_003 + i), self.tagger)
         return {"text": caption, "masked": masked, "index": i}
 
 
@@ -45,6 +67,8 @@ class CaptionDataModule(CIRDataModule):
         exclude_held_out: Skip SynthCIR's held-out combinations.
         tagger: Keyword tagger, ``rules`` (default, no model) or ``spacy`` (if installed).
         seed: Seed of the random-word fallback (per caption, so workers agree).
+        max_tokens: Cut each caption to this many BPE tokens before keyword masking, as the official code
+            (75); None masks the whole caption.
         **kwargs: Benchmark and loader options of :class:`~mmembed.data.cir_datamodule.CIRDataModule`.
 
     Shapes:
@@ -58,12 +82,15 @@ class CaptionDataModule(CIRDataModule):
         exclude_held_out: bool = True,
         tagger: Literal["rules", "spacy"] = "rules",
         seed: int = 0,
+        max_tokens: int | None = 75,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.max_tokens = max_tokens
         self.caption_files, self.text_col, self.exclude_held_out = captions, text_col, exclude_held_out
         self.tagger, self.seed = tagger, seed
 
     def build_train_dataset(self) -> Dataset:
         captions = read_captions(self.caption_files, self.text_col, self.exclude_held_out)
-        return _MaskedCaptions(captions, self.tagger, self.seed)
+        budget = TokenBudget(self.require_processor().tokenizer, self.max_tokens) if self.max_tokens else None
+        return _MaskedCaptions(captions, self.tagger, self.seed, budget)
