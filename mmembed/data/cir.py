@@ -190,20 +190,61 @@ def read_circo(root: str | Path, split: str = "val") -> CIRSplit:
     return CIRSplit(queries, names, paths)
 
 
-def read_genecis(task_file: str | Path, image_root: str | Path) -> CIRSplit:
-    """A GeneCIS object task: per-query galleries of COCO val2017 images, the condition word as text.
+@dataclass(frozen=True)
+class RegionCrop:
+    """A GeneCIS attribute-task image: the region ``bbox`` = (left, top, width, height) of a Visual Genome
+    image, widened by ``dilation`` and padded to a black square, as GeneCIS's evaluation prepares it.
+
+    The widened box starts ``dilation`` x (width, height) up and left of the region (clamped at the image
+    border) and spans ``(1 + dilation)`` x (width, height) from there (clamped too), the official rule.
+    """
+
+    path: Path
+    bbox: tuple[float, float, float, float]
+    dilation: float = 0.7
+
+    def load(self) -> Any:
+        """The cropped, squared RGB image."""
+        from PIL import Image
+
+        with Image.open(self.path) as img:
+            img = img.convert("RGB")
+        left, top, width, height = self.bbox
+        x0, y0 = max(0.0, left - self.dilation * width), max(0.0, top - self.dilation * height)
+        x1 = min(img.width, x0 + (1 + self.dilation) * width)
+        y1 = min(img.height, y0 + (1 + self.dilation) * height)
+        crop = img.crop((x0, y0, x1, y1))
+        side = max(crop.size)
+        square = Image.new("RGB", (side, side), (0, 0, 0))
+        square.paste(crop, ((side - crop.width) // 2, (side - crop.height) // 2))
+        return square
+
+    def __str__(self) -> str:
+        return f"{self.path}@{','.join(f'{v:g}' for v in self.bbox)}"
+
+
+def read_genecis(task_file: str | Path, image_root: str | Path, dilation: float = 0.7) -> CIRSplit:
+    """A GeneCIS task: per-query galleries (target first, then the distractors), the condition as text.
+
+    Object tasks (``focus_object``, ``change_object``) name COCO val2017 images (``val_image_id``).
+    Attribute tasks (``focus_attribute``, ``change_attribute``) name regions of Visual Genome images
+    (``image_id`` + ``instance_bbox``), read as :class:`RegionCrop`; as in GeneCIS's evaluation, only
+    queries whose gallery has the most common length are kept.
 
     Args:
         task_file: The task's JSON list (e.g. ``focus_object.json``).
-        image_root: Folder of COCO val2017 images.
+        image_root: Folder of COCO val2017 images (object tasks) or Visual Genome images (attribute tasks).
+        dilation: Region widening of attribute tasks (GeneCIS: 0.7).
 
     Raises:
         FileNotFoundError: If the task file is missing.
         ValueError: On malformed entries.
     """
     task_file, image_root = Path(task_file), Path(image_root)
-    records = _read_json(task_file, "expected a GeneCIS object task file (a JSON list)")
+    records = _read_json(task_file, "expected a GeneCIS task file (a JSON list)")
     _check(records, ("condition", "reference", "target", "gallery"), task_file)
+    if records and isinstance(records[0]["reference"], dict) and "instance_bbox" in records[0]["reference"]:
+        return _genecis_regions(records, image_root, dilation)
 
     def image_id(entry: Any) -> str:
         return str(entry["val_image_id"] if isinstance(entry, dict) else entry)
@@ -225,3 +266,26 @@ def read_genecis(task_file: str | Path, image_root: str | Path) -> CIRSplit:
         queries.append(CIRQuery(i, ref, [r["condition"]], target, members, [target]))
     paths = [image_root / f"{int(n):012d}.jpg" if n.isdigit() else image_root / n for n in names]
     return CIRSplit(queries, names, paths)
+
+
+def _genecis_regions(records: list[dict], image_root: Path, dilation: float) -> CIRSplit:
+    """Attribute tasks: every distinct (image, region) is one gallery entry."""
+    lengths = [len(r["gallery"]) for r in records]
+    modal = max(set(lengths), key=lambda n: (lengths.count(n), -n))
+    crops: list[RegionCrop] = []
+    position: dict[tuple[str, tuple[float, ...]], int] = {}
+
+    def pos(entry: dict) -> int:
+        key = (str(entry["image_id"]), tuple(float(v) for v in entry["instance_bbox"]))
+        if key not in position:
+            position[key] = len(crops)
+            crops.append(RegionCrop(image_root / f"{key[0]}.jpg", key[1], dilation))  # type: ignore[arg-type]
+        return position[key]
+
+    queries = []
+    for i, r in enumerate(records):
+        if len(r["gallery"]) != modal:
+            continue
+        ref, target = pos(r["reference"]), pos(r["target"])
+        queries.append(CIRQuery(i, ref, [r["condition"]], target, [target, *(pos(g) for g in r["gallery"])], [target]))
+    return CIRSplit(queries, [str(c) for c in crops], crops)  # type: ignore[arg-type]

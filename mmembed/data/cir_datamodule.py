@@ -45,7 +45,7 @@ class CIRGallery(Records):
 
     def __init__(self, name: str, split: CIRSplit) -> None:
         self.name, self.split = name, split
-        self.image_paths = [str(p) for p in split.gallery_paths]
+        self.image_paths = [p if hasattr(p, "load") else str(p) for p in split.gallery_paths]  # crops stay loadable
         super().__init__(image=self.image_paths)
 
 
@@ -90,7 +90,8 @@ class CIRDataModule(DataModule):
         test_subset: The split ``test`` runs on (CIRR ``test1``, CIRCO ``test``: hidden targets,
             so the module writes submission files instead of metrics).
         categories: FashionIQ categories, or GeneCIS task files (without ``.json``).
-        image_root: GeneCIS only: the COCO val2017 image folder.
+        image_root: GeneCIS only: the COCO val2017 image folder (object tasks).
+        attribute_image_root: GeneCIS only: the Visual Genome image folder (attribute tasks).
         prompt: Composed-query prompt (``$`` = pseudo word, ``{}`` = modification text).
         fashioniq_orders: FashionIQ queries: ``both`` caption orders, normalised and summed (LinCIR's,
             SEARLE's and RTD's protocol), or only the ``first`` ("{c1} and {c2}", Pic2Word's protocol).
@@ -106,6 +107,7 @@ class CIRDataModule(DataModule):
         test_subset: str = "test1",
         categories: Sequence[str] = ("dress", "shirt", "toptee"),
         image_root: str | None = None,
+        attribute_image_root: str | None = None,
         prompt: str = PROMPT,
         fashioniq_orders: FashionIQOrders = "both",
         **kwargs: Any,
@@ -121,6 +123,7 @@ class CIRDataModule(DataModule):
         self.benchmark, self.root, self.prompt = benchmark, root, prompt
         self.subsets = {"val": val_subset, "test": test_subset}
         self.categories, self.image_root = tuple(categories), image_root
+        self.attribute_image_root = attribute_image_root
         self._query_sets: dict[str, list[tuple[str, CIRSplit]]] = {}
 
     # ------------------------------------------------------------------ benchmark
@@ -137,11 +140,20 @@ class CIRDataModule(DataModule):
             elif self.benchmark == "fashioniq":
                 sets = [(f"fashioniq_{c}", read_fashioniq(root, c, subset)) for c in self.categories]
             else:
-                if self.image_root is None:
-                    raise ValueError("GeneCIS needs data.init_args.image_root (the COCO val2017 image folder)")
-                sets = [(f"genecis_{t}", read_genecis(root / f"{t}.json", self.image_root)) for t in self.categories]
+                sets = [(f"genecis_{t}", read_genecis(root / f"{t}.json", self._genecis_images(t)))
+                        for t in self.categories]
             self._query_sets[stage] = sets
         return self._query_sets[stage]
+
+    def _genecis_images(self, task: str) -> str:
+        """Visual Genome images for attribute tasks, COCO val2017 for object tasks."""
+        if "attribute" in task:
+            if self.attribute_image_root is None:
+                raise ValueError(f"GeneCIS {task} needs data.init_args.attribute_image_root (the Visual Genome images)")
+            return self.attribute_image_root
+        if self.image_root is None:
+            raise ValueError(f"GeneCIS {task} needs data.init_args.image_root (the COCO val2017 image folder)")
+        return self.image_root
 
     def _cir_loaders(self, stage: Literal["val", "test"]) -> list[DataLoader]:
         loaders = []

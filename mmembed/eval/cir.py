@@ -33,7 +33,7 @@ def encode_images(encoder: nn.Module, paths: Sequence, batch_size: int = 256, de
     Shapes:
         -> (N, D).
     """
-    from PIL import Image
+    from mmembed.types import load_image
 
     transform = encoder.processor.eval_image_transform
     chunks = range(0, len(paths), batch_size)
@@ -43,7 +43,7 @@ def encode_images(encoder: nn.Module, paths: Sequence, batch_size: int = 256, de
         chunks = tqdm(chunks, desc="encoding images", unit="batch")
     out = []
     for start in chunks:
-        batch = torch.stack([transform(Image.open(p).convert("RGB")) for p in paths[start:start + batch_size]])
+        batch = torch.stack([transform(load_image(p)) for p in paths[start:start + batch_size]])
         out.append(encoder.encode_image(batch.to(device)).embedding.float())
     return torch.cat(out) if out else torch.zeros(0, encoder.embed_dim)
 

@@ -106,3 +106,21 @@ def test_cirr_reads_the_released_layout_without_symlinks(tmp_path):
     assert [p.relative_to(released) for p in b.gallery_paths] == [p.relative_to(flat) for p in a.gallery_paths]
     with pytest.raises(FileNotFoundError, match="cirr/captions"):
         read_cirr(tmp_path / "missing", "val")
+
+
+def test_genecis_region_crops_follow_the_official_rule(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from mmembed.data.cir import RegionCrop
+
+    pixels = np.arange(60 * 100 * 3, dtype=np.uint32).reshape(60, 100, 3) % 251
+    Image.fromarray(pixels.astype(np.uint8)).save(tmp_path / "7.png")
+    # inside: box widened 0.7 x (w, h) up-left, spanning 1.7 x (w, h): x 26..60, y 13..30, padded to 34 x 34
+    crop = np.asarray(RegionCrop(tmp_path / "7.png", (40, 20, 20, 10)).load())
+    assert crop.shape == (34, 34, 3)
+    np.testing.assert_array_equal(crop[8:25], pixels[13:30, 26:60])
+    assert not crop[:8].any() and not crop[25:].any()  # black bands above and below
+    # at the border: clamped to the image, x 76..100, y 36..60
+    edge = np.asarray(RegionCrop(tmp_path / "7.png", (90, 50, 20, 20)).load())
+    np.testing.assert_array_equal(edge, pixels[36:60, 76:100])
