@@ -71,6 +71,7 @@ class ComposedRetrievalModule(EmbeddingModule):
             warnings.warn(f"{type(self).__name__}: the frozen CLIP has no pretrained weights (random init); set "
                           "model.init_args.encoder.init_args.pretrained to a local open_clip checkpoint", stacklevel=2)
         self.cir = CIREvaluator()
+        self._queries: dict[str, Any] = {}  # query set name -> its queries dataset, for this evaluation
 
     # ------------------------------------------------------------------ hooks
     def query_text_encoder(self) -> nn.Module:
@@ -114,7 +115,6 @@ class ComposedRetrievalModule(EmbeddingModule):
         if "image" in batch:  # gallery loader
             self.cir.update(dataset.name, "gallery", batch["index"], self.encoder.encode(batch, "image").float())
             return
-        self._queries = getattr(self, "_queries", {})
         self._queries[dataset.name] = dataset
         self.cir.sets[dataset.name]["protocol"] = dataset.protocol
         needed = batch["reference"].long().to(self.device)
@@ -142,7 +142,7 @@ class ComposedRetrievalModule(EmbeddingModule):
         return full
 
     def _cir_epoch_end(self, stage: str) -> None:
-        queries = getattr(self, "_queries", {})
+        queries = self._queries
         if stage == "test":
             for name, dataset in queries.items():
                 if self.cir.hidden(name):
@@ -177,7 +177,7 @@ class ComposedRetrievalModule(EmbeddingModule):
         from mmembed.eval.cir_submission import top_k_positions
 
         out = []
-        for name, queries in getattr(self, "_queries", {}).items():
+        for name, queries in self._queries.items():
             scores = None if self.cir.hidden(name) else self.cir.scores(name)
             if scores is None:
                 continue
