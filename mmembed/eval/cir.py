@@ -183,6 +183,7 @@ class CIREvaluator:
         if side not in ("gallery", "query"):
             raise ValueError(f"side must be 'gallery' or 'query', got {side!r}")
         self.sets[name][side if side == "gallery" else "queries"].append((index.detach().long(), embeddings.detach()))
+        self.sets[name].pop("scores", None)
 
     def gallery(self, name: str, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
         """The set's raw gallery embeddings, gathered once, and which rows were encoded (a partial
@@ -207,21 +208,25 @@ class CIREvaluator:
         if full.shape[1] == 0:
             full = self.sets[name]["G"] = torch.zeros(full.shape[0], embeddings.shape[1], device=embeddings.device)
         full[rows], have[rows] = embeddings.float(), True
+        self.sets[name].pop("scores", None)
 
     def scores(self, name: str) -> Tensor | None:
         """Cosine scores of the set's queries against its gallery, rows in query order; None for a
-        partial run (not every query and gallery image encoded). Shapes: (Q, G)."""
+        partial run (not every query and gallery image encoded). Kept until the next update, so the
+        metrics, the ranked pictures and the submission files share one gather and one product. Shapes: (Q, G)."""
         from mmembed.distributed import gather_for_eval
 
         state = self.sets[name]
+        if "scores" in state:
+            return state["scores"]
         if not state["queries"]:
             return None
         index, q = gather_for_eval(torch.cat([p[0] for p in state["queries"]]),
                                    torch.cat([p[1] for p in state["queries"]]))
         full, _ = self.gallery(name, q.device)
-        if not state["complete"] or index.numel() != len(state["split"].queries):
-            return None
-        return q.float() @ F.normalize(full, dim=-1).T  # (Q, G)
+        complete = state["complete"] and index.numel() == len(state["split"].queries)
+        state["scores"] = q.float() @ F.normalize(full, dim=-1).T if complete else None  # (Q, G)
+        return state["scores"]
 
     def hidden(self, name: str) -> bool:
         """Whether the set's targets are hidden (CIRR test1, CIRCO test)."""
